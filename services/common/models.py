@@ -1,0 +1,225 @@
+"""The database schema: SQLModel tables, every one scoped by tenant_id.
+
+Migrations (migrations/versions) are written from these; the application uses
+SQLAlchemy Core statements over the same tables so that each state transition
+is a single conditional statement.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+LIVE_STATUSES = ("ringing", "active")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(nullable: bool = False, default_now: bool = False) -> Any:
+    return Field(
+        default=None,
+        sa_column=Column(
+            DateTime(timezone=True),
+            nullable=nullable,
+            server_default=text("now()") if default_now else None,
+        ),
+    )
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+
+    id: str = Field(primary_key=True)
+    name: str
+    created_at: datetime | None = _ts(default_now=True)
+    calls_enabled: bool = True
+    max_participants: int = 8
+    ring_timeout_seconds: int = 45
+    default_type: str = "video"
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True)  # the public key id embedded in the key
+    tenant_id: str = Field(
+        sa_column=Column(String, ForeignKey("tenants.id"), nullable=False, index=True)
+    )
+    secret_hash: str  # sha256 of the secret part; the plaintext is never stored
+    created_at: datetime | None = _ts(default_now=True)
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    __tablename__ = "webhook_endpoints"
+
+    tenant_id: str = Field(sa_column=Column(String, ForeignKey("tenants.id"), primary_key=True))
+    url: str
+    events: list[str] = Field(sa_column=Column(JSONB, nullable=False))
+    secret: str  # needed in clear to sign deliveries
+    updated_at: datetime | None = _ts(default_now=True)
+
+
+class Room(SQLModel, table=True):
+    __tablename__ = "rooms"
+
+    id: str = Field(primary_key=True)
+    tenant_id: str = Field(
+        sa_column=Column(String, ForeignKey("tenants.id"), nullable=False, index=True)
+    )
+    name: str = ""
+    created_at: datetime | None = _ts(default_now=True)
+
+
+class RoomMember(SQLModel, table=True):
+    __tablename__ = "room_members"
+
+    room_id: str = Field(sa_column=Column(String, ForeignKey("rooms.id"), primary_key=True))
+    user_id: str = Field(primary_key=True)
+    tenant_id: str = Field(index=True)
+    added_at: datetime | None = _ts(default_now=True)
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_room_seq", "room_id", "seq"),)
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
+    )
+    id: str = Field(sa_column=Column(String, nullable=False, unique=True))
+    tenant_id: str = Field(index=True)
+    room_id: str = Field(sa_column=Column(String, ForeignKey("rooms.id"), nullable=False))
+    sender_id: str
+    parts: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
+    # Set on call-history messages: exactly one history message per call.
+    call_id: str | None = Field(default=None, sa_column=Column(String, unique=True, nullable=True))
+    created_at: datetime | None = _ts(default_now=True)
+
+
+class Call(SQLModel, table=True):
+    __tablename__ = "calls"
+    __table_args__ = (
+        # At most one live call per room, whatever the number of replicas.
+        Index(
+            "uq_calls_live_room",
+            "room_id",
+            unique=True,
+            postgresql_where=text("status IN ('ringing', 'active')"),
+        ),
+        Index(
+            "ix_calls_ring_deadline", "ring_deadline", postgresql_where=text("status = 'ringing'")
+        ),
+        Index(
+            "ix_calls_livekit_cleanup",
+            "ended_at",
+            postgresql_where=text("livekit_cleanup_pending"),
+        ),
+    )
+
+    id: str = Field(primary_key=True)
+    tenant_id: str = Field(index=True)
+    room_id: str = Field(
+        sa_column=Column(String, ForeignKey("rooms.id"), nullable=False, index=True)
+    )
+    type: str
+    mode: str
+    status: str
+    created_by: str
+    created_at: datetime | None = _ts(default_now=True)
+    answered_at: datetime | None = _ts(nullable=True)
+    ended_at: datetime | None = _ts(nullable=True)
+    end_reason: str | None = None
+    ring_timeout_seconds: int
+    ring_deadline: datetime | None = _ts(nullable=True)
+    max_participants: int
+    livekit_room: str = Field(sa_column=Column(String, nullable=False, unique=True))
+    livekit_cleanup_pending: bool = False
+
+
+class CallParticipant(SQLModel, table=True):
+    __tablename__ = "call_participants"
+
+    call_id: str = Field(sa_column=Column(String, ForeignKey("calls.id"), primary_key=True))
+    user_id: str = Field(primary_key=True)
+    tenant_id: str
+    state: str  # invited | joined | declined | left
+    joined_at: datetime | None = _ts(nullable=True)
+    left_at: datetime | None = _ts(nullable=True)
+    ever_joined: bool = False
+
+
+class OutboxEvent(SQLModel, table=True):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_unpublished", "seq", postgresql_where=text("published_at IS NULL")),
+    )
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
+    )
+    id: str = Field(sa_column=Column(String, nullable=False, unique=True))
+    tenant_id: str
+    subject: str
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime | None = _ts(default_now=True)
+    published_at: datetime | None = _ts(nullable=True)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "event_id", name="uq_webhook_deliveries_event"),
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: str = Field(primary_key=True)
+    tenant_id: str = Field(index=True)
+    event_id: str
+    event_type: str
+    body: str
+    status: str = "pending"  # pending | delivered | failed
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts(default_now=True)
+    lease_until: datetime | None = _ts(nullable=True)
+    last_error: str | None = None
+    created_at: datetime | None = _ts(default_now=True)
+    delivered_at: datetime | None = _ts(nullable=True)
+
+
+TENANTS = Tenant.__table__  # type: ignore[attr-defined]
+API_KEYS = ApiKey.__table__  # type: ignore[attr-defined]
+WEBHOOKS = WebhookEndpoint.__table__  # type: ignore[attr-defined]
+ROOMS = Room.__table__  # type: ignore[attr-defined]
+MEMBERS = RoomMember.__table__  # type: ignore[attr-defined]
+MESSAGES = Message.__table__  # type: ignore[attr-defined]
+CALLS = Call.__table__  # type: ignore[attr-defined]
+PARTICIPANTS = CallParticipant.__table__  # type: ignore[attr-defined]
+OUTBOX = OutboxEvent.__table__  # type: ignore[attr-defined]
+DELIVERIES = WebhookDelivery.__table__  # type: ignore[attr-defined]

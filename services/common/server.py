@@ -1,0 +1,128 @@
+"""gRPC server assembly and process lifecycle shared by every service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common import auth
+from services.common.db import create_engine, wait_for_database
+from services.common.interceptors import Authenticator, RpcInterceptor
+from services.common.logging import configure_logging
+from services.common.settings import Settings, load_settings
+
+log = logging.getLogger("sendsar.server")
+
+
+@dataclass
+class Registration:
+    """One gRPC service to serve: how to add it, its full name, who may call what."""
+
+    add: Callable[[grpc.aio.Server], None]
+    name: str
+    policies: Mapping[str, auth.Policy]
+
+
+@dataclass
+class ServiceParts:
+    registrations: Sequence[Registration]
+    # Long-running loops (sweepers, relays); cancelled on shutdown.
+    background: Sequence[Callable[[], Awaitable[None]]] = ()
+    closers: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def create_server(
+    settings: Settings, engine: AsyncEngine, parts: ServiceParts
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    policies: dict[str, auth.Policy] = {}
+    for reg in parts.registrations:
+        policies.update({f"/{reg.name}/{m}": p for m, p in reg.policies.items()})
+    server = grpc.aio.server(
+        interceptors=[
+            RpcInterceptor(policies, Authenticator(engine, settings.SESSION_SIGNING_KEY))
+        ],
+        options=[("grpc.max_receive_message_length", 1 << 20)],
+    )
+    for reg in parts.registrations:
+        reg.add(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [reg.name for reg in parts.registrations]
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{settings.GRPC_HOST}:{settings.GRPC_PORT}")
+    return server, port, health_servicer
+
+
+async def _set_all(health_servicer: Any, names: Sequence[str], status: int) -> None:
+    for name in ("", *names):
+        await health_servicer.set(name, status)
+
+
+async def serve(
+    settings: Settings, build: Callable[[Settings, AsyncEngine], Awaitable[ServiceParts]]
+) -> None:
+    engine = create_engine(settings)
+    await wait_for_database(engine, settings.DB_WAIT_SECONDS)
+    parts = await build(settings, engine)
+    server, port, health_servicer = await create_server(settings, engine, parts)
+    if settings.METRICS_PORT:
+        start_http_server(settings.METRICS_PORT, addr=settings.GRPC_HOST)
+    await server.start()
+    names = [reg.name for reg in parts.registrations]
+    await _set_all(health_servicer, names, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"fields": {"port": port, "services": names}})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(_supervise(job)) for job in parts.background]
+    await stop.wait()
+
+    log.info("shutting down")
+    await _set_all(health_servicer, names, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(settings.SHUTDOWN_GRACE_SECONDS)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for close in parts.closers:
+        await close()
+    await engine.dispose()
+
+
+async def _supervise(job: Callable[[], Awaitable[None]]) -> None:
+    """Keeps a background loop alive: an unexpected error restarts it after a pause."""
+    name = getattr(job, "__qualname__", repr(job))
+    while True:
+        try:
+            await job()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "background job failed; restarting",
+                extra={"fields": {"job": name, "error": type(exc).__name__}},
+            )
+            await asyncio.sleep(1.0)
+
+
+def main(service: str, build: Callable[[Settings, AsyncEngine], Awaitable[ServiceParts]]) -> None:
+    settings = load_settings(SERVICE_NAME=service)
+    configure_logging(service, settings.LOG_LEVEL)
+    asyncio.run(serve(settings, build))

@@ -1,0 +1,103 @@
+"""Process configuration: one pydantic-settings class, built in main and passed down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Secrets that may come from a file mounted by Kubernetes (NAME_FILE).
+_SECRET_FIELDS = ("DATABASE_URL", "SESSION_SIGNING_KEY", "LIVEKIT_API_SECRET")
+
+# Dev defaults: usable on a laptop, refused when ENV=production.
+DEV_SESSION_KEY = "dev-only-session-signing-key-change-me-0000000000"
+DEV_LIVEKIT_SECRET = "dev-only-livekit-secret-change-me-000000000000"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    ENV: Literal["dev", "test", "production"] = "dev"
+    LOG_LEVEL: str = "INFO"
+    SERVICE_NAME: str = "sendsar"
+
+    DATABASE_URL: str = Field(min_length=1)
+    DB_POOL_SIZE: int = Field(default=10, ge=1, le=200)
+    DB_WAIT_SECONDS: float = Field(default=30.0, ge=0)
+
+    NATS_URL: str = "nats://127.0.0.1:4222"
+
+    GRPC_HOST: str = "127.0.0.1"
+    GRPC_PORT: int = Field(default=50051, ge=0, le=65535)
+    METRICS_PORT: int = Field(default=0, ge=0, le=65535)
+    SHUTDOWN_GRACE_SECONDS: float = 5.0
+
+    SESSION_SIGNING_KEY: str = Field(default=DEV_SESSION_KEY, min_length=32)
+    SESSION_DEFAULT_TTL_SECONDS: int = 3600
+    SESSION_MAX_TTL_SECONDS: int = 86400
+
+    # LIVEKIT_URL is where this service reaches LiveKit's API; the public URL
+    # is what clients are told to connect to.
+    LIVEKIT_URL: str = "http://127.0.0.1:7880"
+    LIVEKIT_PUBLIC_URL: str = "ws://127.0.0.1:7880"
+    LIVEKIT_API_KEY: str = "devkey"
+    LIVEKIT_API_SECRET: str = Field(default=DEV_LIVEKIT_SECRET, min_length=32)
+    LIVEKIT_API_TIMEOUT_SECONDS: float = 2.0
+
+    RING_SWEEP_INTERVAL_SECONDS: float = Field(default=0.25, gt=0, le=5)
+    OUTBOX_POLL_SECONDS: float = Field(default=1.0, gt=0)
+
+    # socket bridge
+    HTTP_HOST: str = "127.0.0.1"
+    HTTP_PORT: int = Field(default=8090, ge=0, le=65535)
+
+    # webhook dispatcher
+    WEBHOOK_TIMEOUT_SECONDS: float = 5.0
+    WEBHOOK_MAX_AGE_SECONDS: int = 24 * 3600
+    WEBHOOK_BASE_DELAY_SECONDS: float = 1.0
+    WEBHOOK_MAX_DELAY_SECONDS: float = 3600.0
+    WEBHOOK_CONCURRENCY: int = 32
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name in _SECRET_FIELDS:
+            path = os.environ.get(f"{name}_FILE")
+            if path and name not in data:
+                data[name] = Path(path).read_text().strip()
+        return data
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets_outside_dev(self) -> Settings:
+        if self.ENV == "production":
+            if self.SESSION_SIGNING_KEY == DEV_SESSION_KEY:
+                raise ValueError("SESSION_SIGNING_KEY: the dev default is refused in production")
+            if self.LIVEKIT_API_SECRET == DEV_LIVEKIT_SECRET:
+                raise ValueError("LIVEKIT_API_SECRET: the dev default is refused in production")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        url = self.DATABASE_URL
+        for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        raise ValueError("DATABASE_URL must be a postgresql:// URL")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Builds the settings; exits with a message naming the bad variable."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise SystemExit("invalid configuration:\n  " + "\n  ".join(lines)) from None

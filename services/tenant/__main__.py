@@ -1,0 +1,4 @@
+from services.common.server import main
+from services.tenant.service import build
+
+main("tenant", build)

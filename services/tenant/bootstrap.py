@@ -1,0 +1,45 @@
+"""Creates a tenant and prints its first API key as JSON: {"tenantId", "apiKey"}.
+
+python -m services.tenant.bootstrap --name acme [--calls-disabled]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from services.common.db import create_engine, transaction, wait_for_database
+from services.common.settings import load_settings
+from services.tenant.repo import create_tenant
+
+
+async def _run(name: str, calls_enabled: bool) -> dict[str, str]:
+    settings = load_settings()
+    engine = create_engine(settings)
+    try:
+        await wait_for_database(engine, settings.DB_WAIT_SECONDS)
+        async with transaction(engine) as conn:
+            created = await create_tenant(conn, name=name, calls_enabled=calls_enabled)
+    finally:
+        await engine.dispose()
+    return {"tenantId": created.tenant_id, "apiKey": created.api_key}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="display name of the tenant")
+    parser.add_argument(
+        "--calls-disabled",
+        action="store_true",
+        help="create with calls.enabled=false (the default is enabled)",
+    )
+    args = parser.parse_args(argv)
+    result = asyncio.run(_run(args.name, not args.calls_disabled))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

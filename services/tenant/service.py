@@ -1,0 +1,149 @@
+"""TenantService: sessions, settings and the webhook endpoint of the caller's tenant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+from sendsar.tenant.v1 import tenant_pb2 as pb
+from sendsar.tenant.v1 import tenant_pb2_grpc as pb_grpc
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common import validation
+from services.common.auth import Policy, current_principal, mint_session
+from services.common.db import transaction
+from services.common.errors import invalid, not_found
+from services.common.events import ALL as EVENT_TYPES
+from services.common.server import Registration, ServiceParts
+from services.common.settings import Settings
+from services.tenant import repo
+
+POLICIES = {
+    "CreateSession": Policy.API_KEY,
+    "GetSettings": Policy.ANY,
+    "UpdateSettings": Policy.API_KEY,
+    "PutWebhook": Policy.API_KEY,
+    "GetWebhook": Policy.API_KEY,
+    "DeleteWebhook": Policy.API_KEY,
+}
+
+
+def _call_settings(row: Row[Any]) -> pb.CallSettings:
+    return pb.CallSettings(
+        enabled=row.calls_enabled,
+        max_participants=row.max_participants,
+        ring_timeout_seconds=row.ring_timeout_seconds,
+        default_type=row.default_type,
+    )
+
+
+def settings_changes(update: pb.CallSettingsUpdate) -> dict[str, Any]:
+    """The columns a PATCH changes: only fields present in the body, each validated."""
+    changes: dict[str, Any] = {}
+    if update.HasField("enabled"):
+        changes["calls_enabled"] = update.enabled
+    if update.HasField("max_participants"):
+        changes["max_participants"] = validation.int_range(
+            update.max_participants, "calls.maxParticipants", 2, 100
+        )
+    if update.HasField("ring_timeout_seconds"):
+        changes["ring_timeout_seconds"] = validation.int_range(
+            update.ring_timeout_seconds, "calls.ringTimeoutSeconds", 5, 300
+        )
+    if update.HasField("default_type"):
+        changes["default_type"] = validation.call_type(update.default_type, "calls.defaultType")
+    return changes
+
+
+class TenantService(pb_grpc.TenantServiceServicer):
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+
+    async def CreateSession(
+        self, request: pb.CreateSessionRequest, context: Any
+    ) -> pb.CreateSessionResponse:
+        principal = current_principal()
+        user_id = validation.user_id(request.user_id)
+        ttl = self.settings.SESSION_DEFAULT_TTL_SECONDS
+        if request.HasField("ttl_seconds"):
+            ttl = validation.int_range(
+                request.ttl_seconds, "ttlSeconds", 60, self.settings.SESSION_MAX_TTL_SECONDS
+            )
+        if request.HasField("name") and len(request.name) > 200:
+            raise invalid("name", "must be at most 200 characters")
+        token, expires_at = mint_session(
+            signing_key=self.settings.SESSION_SIGNING_KEY,
+            tenant_id=principal.tenant_id,
+            user_id=user_id,
+            name=request.name if request.HasField("name") else None,
+            ttl_seconds=ttl,
+        )
+        return pb.CreateSessionResponse(
+            token=token, expires_at=timestamp_pb2.Timestamp(seconds=expires_at)
+        )
+
+    async def GetSettings(
+        self, request: pb.GetSettingsRequest, context: Any
+    ) -> pb.GetSettingsResponse:
+        tenant_id = current_principal().tenant_id
+        async with self.engine.connect() as conn:
+            row = await repo.get_settings(conn, tenant_id=tenant_id)
+        if row is None:
+            raise not_found("TENANT_NOT_FOUND", "tenant not found")
+        return pb.GetSettingsResponse(calls=_call_settings(row))
+
+    async def UpdateSettings(
+        self, request: pb.UpdateSettingsRequest, context: Any
+    ) -> pb.UpdateSettingsResponse:
+        tenant_id = current_principal().tenant_id
+        changes = settings_changes(request.calls)
+        async with transaction(self.engine) as conn:
+            row = await repo.update_settings(conn, tenant_id=tenant_id, changes=changes)
+        if row is None:
+            raise not_found("TENANT_NOT_FOUND", "tenant not found")
+        return pb.UpdateSettingsResponse(calls=_call_settings(row))
+
+    async def PutWebhook(
+        self, request: pb.PutWebhookRequest, context: Any
+    ) -> pb.PutWebhookResponse:
+        tenant_id = current_principal().tenant_id
+        url = validation.http_url(request.url)
+        events = list(dict.fromkeys(request.events))
+        for event in events:
+            if event not in EVENT_TYPES:
+                raise invalid(
+                    "events", f"unknown event type {event[:64]!r}; known: {', '.join(EVENT_TYPES)}"
+                )
+        async with transaction(self.engine) as conn:
+            secret = await repo.put_webhook(conn, tenant_id=tenant_id, url=url, events=events)
+        return pb.PutWebhookResponse(url=url, events=events, secret=secret)
+
+    async def GetWebhook(
+        self, request: pb.GetWebhookRequest, context: Any
+    ) -> pb.GetWebhookResponse:
+        async with self.engine.connect() as conn:
+            row = await repo.get_webhook(conn, tenant_id=current_principal().tenant_id)
+        if row is None:
+            raise not_found("WEBHOOK_NOT_SET", "no webhook endpoint is set")
+        return pb.GetWebhookResponse(url=row.url, events=row.events)
+
+    async def DeleteWebhook(
+        self, request: pb.DeleteWebhookRequest, context: Any
+    ) -> pb.DeleteWebhookResponse:
+        # Idempotent: deleting an absent endpoint succeeds.
+        async with transaction(self.engine) as conn:
+            await repo.delete_webhook(conn, tenant_id=current_principal().tenant_id)
+        return pb.DeleteWebhookResponse()
+
+
+async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
+    servicer = TenantService(settings, engine)
+
+    def add(server: grpc.aio.Server) -> None:
+        pb_grpc.add_TenantServiceServicer_to_server(servicer, server)
+
+    name = pb.DESCRIPTOR.services_by_name["TenantService"].full_name
+    return ServiceParts(registrations=[Registration(add, name, POLICIES)])
