@@ -38,12 +38,23 @@ def _local_reply_mappers() -> str:
         body = {
             "code": code,
             "message": "%LOCAL_REPLY_BODY%",
-            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
-                         "domain": "calls.sendsar.dev"}],
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": reason,
+                    "domain": "calls.sendsar.dev",
+                }
+            ],
         }
         mapper = {
-            "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {
-                "default_value": status, "runtime_key": f"local_reply.{status}"}}}},
+            "filter": {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": "EQ",
+                        "value": {"default_value": status, "runtime_key": f"local_reply.{status}"},
+                    }
+                }
+            },
             "body_format_override": {"json_format": body},
         }
         mappers.append("                    - " + json.dumps(mapper))
@@ -62,7 +73,13 @@ def _endpoints(addresses: list[str]) -> str:
     out = []
     for addr in addresses:
         host, _, port = addr.rpartition(":")
-        out.append({"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}})
+        out.append(
+            {
+                "endpoint": {
+                    "address": {"socket_address": {"address": host, "port_value": int(port)}}
+                }
+            }
+        )
     return json.dumps(out)
 
 
@@ -94,7 +111,9 @@ def render(
 
 
 def envoy_binary() -> str:
-    found = shutil.which("envoy", path=str(Path(__file__).resolve().parent.parent / ".venv" / "bin"))
+    found = shutil.which(
+        "envoy", path=str(Path(__file__).resolve().parent.parent / ".venv" / "bin")
+    )
     return found or "envoy"
 
 

@@ -58,8 +58,12 @@ def main() -> None:
     if path is None:
         print(
             json.dumps(
-                {"severity": "WARNING", "service": "livekit", "message": "livekit-server not built "
-                 "(needs Go: make livekit): media is off; calls still work, tokens won't connect"}
+                {
+                    "severity": "WARNING",
+                    "service": "livekit",
+                    "message": "livekit-server not built "
+                    "(needs Go: make livekit): media is off; calls still work, tokens won't connect",
+                }
             ),
             flush=True,
         )
@@ -69,7 +73,9 @@ def main() -> None:
     cfg.write_text(
         config(
             port=int(os.environ.get("LIVEKIT_PORT", "7880")),
-            webhook_url=os.environ.get("LIVEKIT_WEBHOOK_URL", "http://127.0.0.1:8080/livekit/webhook"),
+            webhook_url=os.environ.get(
+                "LIVEKIT_WEBHOOK_URL", "http://127.0.0.1:8080/livekit/webhook"
+            ),
             api_key=os.environ.get("LIVEKIT_API_KEY", "devkey"),
             api_secret=os.environ.get("LIVEKIT_API_SECRET"),
             departure_timeout=20,

@@ -33,7 +33,9 @@ def python_env(extra: dict[str, str]) -> dict[str, str]:
 class Proc:
     """A child process with its output in a log file; stopped by SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path, **kw: object) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], logdir: Path, **kw: object
+    ) -> None:
         self.name, self.argv, self.env, self.logdir, self.kw = name, argv, env, logdir, kw
         self.log = logdir / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None

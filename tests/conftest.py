@@ -33,7 +33,9 @@ class Tenant:
 
     def api(self) -> httpx.Client:
         """A REST client (through Envoy) authenticated with the tenant's API key."""
-        return httpx.Client(base_url=self.rest, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=20)
+        return httpx.Client(
+            base_url=self.rest, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=20
+        )
 
     def session_token(self, user_id: str, **body: object) -> str:
         with self.api() as c:
@@ -44,7 +46,9 @@ class Tenant:
     def user(self, user_id: str) -> httpx.Client:
         """A REST client acting as one app user (session token)."""
         token = self.session_token(user_id)
-        return httpx.Client(base_url=self.rest, headers={"Authorization": f"Bearer {token}"}, timeout=20)
+        return httpx.Client(
+            base_url=self.rest, headers={"Authorization": f"Bearer {token}"}, timeout=20
+        )
 
     def room(self, *members: str) -> str:
         with self.api() as c:
@@ -86,6 +90,8 @@ def tenant(new_tenant: Callable[..., Tenant]) -> Tenant:
 def error_reason(reply: httpx.Response) -> str:
     """The ErrorInfo reason of an error response rendered by Envoy."""
     body = reply.json()
-    infos = [d for d in body.get("details", []) if d.get("@type", "").endswith("google.rpc.ErrorInfo")]
+    infos = [
+        d for d in body.get("details", []) if d.get("@type", "").endswith("google.rpc.ErrorInfo")
+    ]
     assert len(infos) == 1, body
     return str(infos[0]["reason"])

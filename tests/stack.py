@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack import envoy, livekit, postgres
-from devstack.procs import ROOT, Proc, free_port, grpc_serving, http_ok, port_open, python_env, wait_until
+from devstack.procs import (
+    ROOT,
+    Proc,
+    free_port,
+    grpc_serving,
+    http_ok,
+    port_open,
+    python_env,
+    wait_until,
+)
 
 
 @dataclass
@@ -58,18 +67,33 @@ class Stack:
         pgdata = self.workdir / "pgdata"
         postgres.init(pgdata)
         self.procs["postgres"] = Proc(
-            "postgres", postgres.server_command(pgdata, self.pg_port), python_env({}), self.workdir,
+            "postgres",
+            postgres.server_command(pgdata, self.pg_port),
+            python_env({}),
+            self.workdir,
             user=postgres.run_as(),
         )
         postgres.wait_ready(self.pg_port)
         subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=self.env(), check=True
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=ROOT,
+            env=self.env(),
+            check=True,
         )
 
     def start_nats(self) -> None:
         self.procs["nats"] = Proc(
             "nats",
-            ["nats-server", "-a", "127.0.0.1", "-p", str(self.nats_port), "-js", "-sd", str(self.workdir / "nats")],
+            [
+                "nats-server",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.nats_port),
+                "-js",
+                "-sd",
+                str(self.workdir / "nats"),
+            ],
             python_env({}),
             self.workdir,
         )
@@ -86,8 +110,14 @@ class Stack:
         config.write_text(
             livekit.config(port=self.livekit_port, webhook_url=f"{self.rest}/livekit/webhook")
         )
-        self.procs["livekit"] = Proc("livekit", livekit.command(binary, config), python_env({}), self.workdir)
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.livekit_port}/"), "livekit", proc=self.procs["livekit"])
+        self.procs["livekit"] = Proc(
+            "livekit", livekit.command(binary, config), python_env({}), self.workdir
+        )
+        wait_until(
+            lambda: http_ok(f"http://127.0.0.1:{self.livekit_port}/"),
+            "livekit",
+            proc=self.procs["livekit"],
+        )
         self.livekit_enabled = True
 
     def start_envoy(self) -> None:
@@ -95,7 +125,7 @@ class Stack:
         upstreams = envoy.Upstreams(
             tenant=[f"127.0.0.1:{self.grpc_ports['tenant']}"],
             chat=[f"127.0.0.1:{self.grpc_ports['chat']}"],
-            calls=[f"127.0.0.1:{self.grpc_ports[n]}" for n in self.grpc_ports if n.startswith("calls")],
+            calls=[f"127.0.0.1:{self.grpc_ports['calls']}"],
             bridge=[f"127.0.0.1:{self.bridge_port}"],
         )
         config.write_text(
@@ -103,7 +133,9 @@ class Stack:
         )
         self.procs["envoy"] = Proc("envoy", envoy.command(config), python_env({}), self.workdir)
         wait_until(
-            lambda: http_ok(f"http://127.0.0.1:{self.envoy_admin_port}/ready"), "envoy", proc=self.procs["envoy"]
+            lambda: http_ok(f"http://127.0.0.1:{self.envoy_admin_port}/ready"),
+            "envoy",
+            proc=self.procs["envoy"],
         )
 
     # --- services -------------------------------------------------------------
@@ -130,14 +162,13 @@ class Stack:
     def start_all(self) -> None:
         self.start_postgres()
         self.start_nats()
-        for port_name in ("tenant", "chat", "calls", "calls-2"):
+        for port_name in ("tenant", "chat", "calls"):
             self.grpc_ports[port_name] = free_port()
         self.start_envoy()
         self.start_livekit()
         self.start_grpc_service("tenant", "services.tenant")
         self.start_grpc_service("chat", "services.chat")
-        if (ROOT / "services" / "calls" / "__main__.py").exists():  # TODO(skeleton): always, once calls lands
-            self.start_grpc_service("calls", "services.calls")
+        self.start_grpc_service("calls", "services.calls")
 
     def stop_all(self) -> None:
         for proc in reversed(list(self.procs.values())):

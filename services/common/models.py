@@ -154,7 +154,6 @@ class Call(SQLModel, table=True):
     end_reason: str | None = None
     ring_timeout_seconds: int
     ring_deadline: datetime | None = _ts(nullable=True)
-    max_participants: int
     livekit_room: str = Field(sa_column=Column(String, nullable=False, unique=True))
     livekit_cleanup_pending: bool = False
 

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def libpq_url(self) -> str:
+        """DATABASE_URL as psycopg itself takes it (for LISTEN connections)."""
+        return "postgresql://" + self.sqlalchemy_url.removeprefix("postgresql+psycopg://")
+
+    @property
     def sqlalchemy_url(self) -> str:
         url = self.DATABASE_URL
         for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
