@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/mypy services devstack
 	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. -I$(SITE) --include_imports --include_source_info \
 	  --descriptor_set_out=../.cache/lint-image.binpb $(PROTOS)
-	npx --yes @bufbuild/buf@1.50.0 lint .cache/lint-image.binpb --path sendsar
+	npx --yes @bufbuild/buf@1.50.0 lint .cache/lint-image.binpb --path sendsar --config buf.yaml
 
 $(LIVEKIT_BIN):
 	@if command -v go >/dev/null; then \

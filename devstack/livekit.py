@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -62,7 +61,7 @@ def main() -> None:
                     "severity": "WARNING",
                     "service": "livekit",
                     "message": "livekit-server not built "
-                    "(needs Go: make livekit): media is off; calls still work, tokens won't connect",
+                    "(needs Go: make livekit): media is off; signaling still works",
                 }
             ),
             flush=True,
@@ -85,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

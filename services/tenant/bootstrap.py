@@ -11,8 +11,26 @@ import json
 import sys
 
 from services.common.db import create_engine, transaction, wait_for_database
+from services.common.errors import ServiceError
+from services.common.interceptors import Authenticator
 from services.common.settings import load_settings
 from services.tenant.repo import create_tenant
+
+
+async def _check(saved: dict[str, str]) -> bool:
+    """Whether a saved {tenantId, apiKey} still authenticates against this database."""
+    settings = load_settings()
+    engine = create_engine(settings)
+    try:
+        await wait_for_database(engine, settings.DB_WAIT_SECONDS)
+        principal = await Authenticator(engine, settings.SESSION_SIGNING_KEY).authenticate(
+            {"x-api-key": saved.get("apiKey", "")}
+        )
+    except ServiceError:
+        return False
+    finally:
+        await engine.dispose()
+    return principal is not None and principal.tenant_id == saved.get("tenantId")
 
 
 async def _run(name: str, calls_enabled: bool) -> dict[str, str]:
@@ -29,13 +47,17 @@ async def _run(name: str, calls_enabled: bool) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", required=True, help="display name of the tenant")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--name", help="display name of the tenant")
+    group.add_argument("--check", help="exit 0 when this saved JSON still authenticates")
     parser.add_argument(
         "--calls-disabled",
         action="store_true",
         help="create with calls.enabled=false (the default is enabled)",
     )
     args = parser.parse_args(argv)
+    if args.check is not None:
+        sys.exit(0 if asyncio.run(_check(json.loads(args.check))) else 1)
     result = asyncio.run(_run(args.name, not args.calls_disabled))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
