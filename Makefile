@@ -8,7 +8,7 @@ LIVEKIT_VERSION := v1.13.5
 LIVEKIT_BIN := .cache/bin/livekit-server
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 
-.PHONY: install proto proto-check lint test test-fast dev bench livekit clean ci
+.PHONY: install proto k8s proto-check lint test test-fast dev bench livekit clean ci
 
 install: $(STAMP)
 
@@ -31,9 +31,14 @@ proto: $(STAMP)
 	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. -I$(SITE) --include_imports \
 	  --descriptor_set_out=../gen/descriptors.binpb $(PROTOS) google/rpc/error_details.proto
 
-proto-check: proto
-	git diff --exit-code -- gen/ || (echo "generated code is stale: run make proto and commit" >&2; exit 1)
-	test -z "$$(git status --porcelain -- gen/)" || (echo "untracked generated files: run make proto and commit" >&2; exit 1)
+# Kubernetes: Envoy's config rendered for in-cluster DNS names, and the descriptor set.
+k8s: proto
+	$(BIN)/python -m devstack.envoy --k8s > deploy/k8s/generated/envoy.yaml
+	cp gen/descriptors.binpb deploy/k8s/generated/descriptors.binpb
+
+proto-check: k8s
+	git diff --exit-code -- gen/ deploy/k8s/generated/ || (echo "generated files are stale: run make k8s and commit" >&2; exit 1)
+	test -z "$$(git status --porcelain -- gen/ deploy/k8s/generated/)" || (echo "untracked generated files: run make k8s and commit" >&2; exit 1)
 
 # buf lints an image built by protoc, because the googleapis deps would
 # otherwise come from the Buf registry, which this network cannot reach.
