@@ -382,11 +382,20 @@ class CallMachine:
 
     async def expire_ringing(self, limit: int = 50) -> int:
         """Ends ringing calls past their deadline; each exactly once across replicas."""
-        async with transaction(self.engine) as conn:
-            due = await store.lock_due_ringing(conn, limit)
-            for call in due:
-                await self._finish(conn, call, reason=RING_TIMEOUT_REASON, actor=call.created_by)
-        return len(due)
+        count = 0
+
+        async def body(conn: AsyncConnection) -> Result | None:
+            nonlocal count
+            jobs: list[AfterCommit] = []
+            snap = None
+            for call in await store.lock_due_ringing(conn, limit):
+                result = await self._finish(conn, call, reason=RING_TIMEOUT_REASON, actor=call.created_by)
+                jobs.extend(result.after_commit)
+                snap, count = result.snap, count + 1
+            return Result(snap, jobs) if snap is not None else None
+
+        await self._commit(body)
+        return count
 
     async def clean_media_rooms(self, limit: int = 20) -> None:
         """Retries LiveKit room deletion for ended calls until LiveKit confirms."""

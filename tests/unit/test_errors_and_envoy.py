@@ -1,0 +1,57 @@
+"""Error details as the transcoder needs them, and the rendered Envoy configs validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from devstack import envoy
+from services.common.errors import DOMAIN, invalid
+
+
+def test_invalid_argument_carries_one_error_info_and_the_field() -> None:
+    status = invalid("calls.maxParticipants", "must be between 2 and 100").to_status()
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    decoded = status_pb2.Status()
+    decoded.ParseFromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+    infos, bad = [], []
+    for detail in decoded.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            infos.append(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            bad.append(request)
+    assert [(i.reason, i.domain) for i in infos] == [("INVALID_ARGUMENT", DOMAIN)]
+    assert bad[0].field_violations[0].field == "calls.maxParticipants"
+
+
+def test_local_and_k8s_envoy_configs_validate(tmp_path: Path) -> None:
+    upstreams = envoy.Upstreams(
+        ["127.0.0.1:1"], ["127.0.0.1:2"], ["127.0.0.1:3", "127.0.0.1:4"], ["127.0.0.1:5"]
+    )
+    config = tmp_path / "envoy.yaml"
+    config.write_text(envoy.render(upstreams, listen_port=18080, admin_port=19901))
+    envoy.validate(config)
+
+
+def test_k8s_config_is_fresh() -> None:
+    """deploy/k8s/generated must match what `make k8s` would render."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        import sys
+
+        argv, sys.argv = sys.argv, ["envoy", "--k8s"]
+        try:
+            envoy.main()
+        finally:
+            sys.argv = argv
+    committed = (envoy.ROOT / "deploy" / "k8s" / "generated" / "envoy.yaml").read_text()
+    assert out.getvalue() == committed

@@ -1,0 +1,63 @@
+"""Configuration: fail fast naming the variable, *_FILE secrets, no dev secrets in production."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.common.settings import DEV_SESSION_KEY, load_settings
+
+DB = "postgresql://u@127.0.0.1:5432/db"
+
+
+def test_missing_database_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        load_settings()
+    assert "DATABASE_URL" in str(exc.value)
+
+
+def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", DB)
+    monkeypatch.setenv("GRPC_PORT", "not-a-port")
+    with pytest.raises(SystemExit) as exc:
+        load_settings()
+    assert "GRPC_PORT" in str(exc.value)
+
+
+def test_secret_read_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    secret = tmp_path / "key"
+    secret.write_text("k" * 40 + "\n")
+    monkeypatch.setenv("DATABASE_URL", DB)
+    monkeypatch.setenv("SESSION_SIGNING_KEY_FILE", str(secret))
+    assert load_settings().SESSION_SIGNING_KEY == "k" * 40
+
+
+def test_production_refuses_dev_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", DB)
+    monkeypatch.setenv("ENV", "production")
+    with pytest.raises(SystemExit) as exc:
+        load_settings()
+    assert "SESSION_SIGNING_KEY" in str(exc.value)
+    monkeypatch.setenv("SESSION_SIGNING_KEY", "s" * 40)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "l" * 40)
+    assert load_settings().SESSION_SIGNING_KEY != DEV_SESSION_KEY
+
+
+def test_short_secret_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", DB)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "secret")
+    with pytest.raises(SystemExit) as exc:
+        load_settings()
+    assert "LIVEKIT_API_SECRET" in str(exc.value)
+
+
+def test_database_url_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgres://u@h/db")
+    settings = load_settings()
+    assert settings.sqlalchemy_url == "postgresql+psycopg://u@h/db"
+    assert settings.libpq_url == "postgresql://u@h/db"
+    monkeypatch.setenv("DATABASE_URL", "mysql://u@h/db")
+    with pytest.raises(ValueError):
+        _ = load_settings().sqlalchemy_url
