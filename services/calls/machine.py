@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 END_REASONS = ("cancelled", "no_answer")
 RING_TIMEOUT_REASON = "timeout"
-_SLACK = timedelta(seconds=1)
 
 AfterCommit = Callable[[], Coroutine[Any, Any, None]]
 
@@ -389,7 +388,9 @@ class CallMachine:
             jobs: list[AfterCommit] = []
             snap = None
             for call in await store.lock_due_ringing(conn, limit):
-                result = await self._finish(conn, call, reason=RING_TIMEOUT_REASON, actor=call.created_by)
+                result = await self._finish(
+                    conn, call, reason=RING_TIMEOUT_REASON, actor=call.created_by
+                )
                 jobs.extend(result.after_commit)
                 snap, count = result.snap, count + 1
             return Result(snap, jobs) if snap is not None else None
@@ -408,7 +409,7 @@ class CallMachine:
     # --- LiveKit webhooks --------------------------------------------------------
 
     async def media_event(
-        self, kind: str, livekit_room: str, identity: str, created_at: int
+        self, kind: str, livekit_room: str, identity: str, session_started_ms: int
     ) -> None:
         """Participant state follows the media room; the last one out (or room_finished) ends it."""
 
@@ -430,13 +431,18 @@ class CallMachine:
             participant = snap.participant(identity)
             if participant is None:
                 return None
-            at = datetime.fromtimestamp(created_at, UTC) if created_at else None
             if kind == "participant_left" and participant.state == "joined":
-                # A late webhook from before this user (re)joined; LiveKit stamps whole seconds.
+                # A media session that began before the user's latest join is an old one
+                # (a late or redelivered webhook): its end says nothing about the new one.
+                began = (
+                    datetime.fromtimestamp(session_started_ms / 1000, UTC)
+                    if session_started_ms
+                    else None
+                )
                 if (
-                    at is not None
+                    began is not None
                     and participant.joined_at is not None
-                    and at < participant.joined_at - _SLACK
+                    and began < participant.joined_at
                 ):
                     return None
                 return await self._leave(conn, snap, identity)

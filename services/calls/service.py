@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
+from livekit.protocol import models
 from sendsar.calls.v1 import calls_pb2 as pb
 from sendsar.calls.v1 import calls_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -116,9 +117,12 @@ class CallService(pb_grpc.CallServiceServicer):
         event = self.media.verify_webhook(
             request.data, authorization if isinstance(authorization, str) else None
         )
-        if event.event in MEDIA_EVENTS and event.room.name:
+        # A second connection of the same user replaces the first: not a departure.
+        replaced = event.participant.disconnect_reason == models.DisconnectReason.DUPLICATE_IDENTITY
+        if event.event in MEDIA_EVENTS and event.room.name and not replaced:
+            session_ms = event.participant.joined_at_ms or event.participant.joined_at * 1000
             await self.machine.media_event(
-                event.event, event.room.name, event.participant.identity, int(event.created_at)
+                event.event, event.room.name, event.participant.identity, session_ms
             )
         return empty_pb2.Empty()
 
