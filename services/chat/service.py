@@ -59,8 +59,8 @@ def _parse_page_token(token: str) -> int | None:
         return None
     try:
         raw = base64.urlsafe_b64decode(token.encode()).decode()
-        if raw.startswith("s"):
-            return int(raw[1:])
+        if raw.startswith("s") and 0 < (seq := int(raw[1:])) < 2**63:
+            return seq
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise invalid("pageToken", "is not a token returned by this API")

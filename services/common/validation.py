@@ -7,21 +7,21 @@ from urllib.parse import urlparse
 
 from services.common.errors import invalid
 
-_USER_ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,128}$")
-_RESOURCE_ID = re.compile(r"^[a-z]{2,4}_[0-9a-f]{32}$")
+_USER_ID = re.compile(r"[A-Za-z0-9._:@\-]{1,128}")
+_RESOURCE_ID = re.compile(r"[a-z]{2,4}_[0-9a-f]{32}")
 
 CALL_TYPES = ("audio", "video")
 
 
 def user_id(value: str, field: str = "userId") -> str:
-    if not _USER_ID.match(value):
+    if not _USER_ID.fullmatch(value):
         raise invalid(field, "must be 1-128 characters of letters, digits and . _ : @ -")
     return value
 
 
 def resource_id(value: str, field: str) -> str:
     """Ids we issued; anything else cannot exist, so it is rejected before a lookup."""
-    if not _RESOURCE_ID.match(value):
+    if not _RESOURCE_ID.fullmatch(value):
         raise invalid(field, "is not a valid id")
     return value
 
