@@ -135,6 +135,7 @@ def test_unsigned_alg_none_token_is_401(tenant: Tenant) -> None:
         _assert_unauthenticated(client.get(SETTINGS))
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 def test_token_with_another_hmac_algorithm_is_401(tenant: Tenant) -> None:
     """The algorithm is pinned to HS256, even with the right key."""
     token = jwt.encode(_claims(tenant), DEV_SESSION_KEY, algorithm="HS512")
@@ -230,7 +231,8 @@ def test_successive_partial_patches_all_survive(tenant: Tenant) -> None:
 def test_patch_without_fields_changes_nothing(tenant: Tenant) -> None:
     tenant.patch_settings(ringTimeoutSeconds=30)
     with tenant.api() as api:
-        for body in ({}, {"calls": {}}):
+        bodies: list[dict[str, object]] = [{}, {"calls": {}}]
+        for body in bodies:
             reply = api.patch(SETTINGS, json=body)
             assert reply.status_code == 200, reply.text
             assert reply.json()["calls"] == {**DEFAULTS, "ringTimeoutSeconds": 30}
