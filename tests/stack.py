@@ -169,6 +169,13 @@ class Stack:
         self.start_grpc_service("tenant", "services.tenant")
         self.start_grpc_service("chat", "services.chat")
         self.start_grpc_service("calls", "services.calls")
+        self.start_worker(
+            "bridge",
+            "services.socket_bridge",
+            ready=lambda: http_ok(f"http://127.0.0.1:{self.bridge_port}/healthz"),
+            HTTP_PORT=str(self.bridge_port),
+        )
+        self.start_grpc_service("webhooks", "services.webhooks")
 
     def stop_all(self) -> None:
         for proc in reversed(list(self.procs.values())):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -31,6 +32,8 @@ POLICIES = {
 }
 
 MAX_MEMBERS = 1000
+
+MemberChange = Callable[..., Awaitable[None]]
 MAX_PARTS = 20
 MAX_TEXT = 4000
 
@@ -103,23 +106,20 @@ class ChatService(pb_grpc.ChatServiceServicer):
             room_id = await repo.create_room(conn, tenant_id=tenant_id, name=name, members=members)
             return await self._room(conn, tenant_id, room_id)
 
-    async def AddMember(self, request: pb.AddMemberRequest, context: Any) -> pb.Room:
+    async def _change_members(self, request: Any, change: MemberChange) -> pb.Room:
         tenant_id = current_principal().tenant_id
         room_id = validation.resource_id(request.room_id, "roomId")
         user_id = validation.user_id(request.user_id)
         async with transaction(self.engine) as conn:
-            await self._room(conn, tenant_id, room_id)
-            await repo.add_member(conn, tenant_id=tenant_id, room_id=room_id, user_id=user_id)
+            await self._room(conn, tenant_id, room_id)  # 404 before any change
+            await change(conn, tenant_id=tenant_id, room_id=room_id, user_id=user_id)
             return await self._room(conn, tenant_id, room_id)
 
+    async def AddMember(self, request: pb.AddMemberRequest, context: Any) -> pb.Room:
+        return await self._change_members(request, repo.add_member)
+
     async def RemoveMember(self, request: pb.RemoveMemberRequest, context: Any) -> pb.Room:
-        tenant_id = current_principal().tenant_id
-        room_id = validation.resource_id(request.room_id, "roomId")
-        user_id = validation.user_id(request.user_id)
-        async with transaction(self.engine) as conn:
-            await self._room(conn, tenant_id, room_id)
-            await repo.remove_member(conn, tenant_id=tenant_id, room_id=room_id, user_id=user_id)
-            return await self._room(conn, tenant_id, room_id)
+        return await self._change_members(request, repo.remove_member)
 
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Any
