@@ -110,9 +110,10 @@ class Dispatcher:
                     await self.record(event)
                     await msg.ack()
             except asyncio.CancelledError:
+                # Unacked messages are redelivered to another replica after ack_wait.
                 if nc is not None:
                     with contextlib.suppress(Exception):
-                        await nc.drain()
+                        await asyncio.wait_for(nc.close(), 2)
                 raise
             except Exception as exc:
                 log.warning("webhook intake waiting", extra=log_fields(error=type(exc).__name__))
