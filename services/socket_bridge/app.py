@@ -38,6 +38,11 @@ def user_room(tenant_id: str, user_id: str) -> str:
     return f"{tenant_id}:{user_id}"
 
 
+def refused(reason: str, message: str) -> socketio.exceptions.ConnectionRefusedError:
+    """The client's connect_error gets {"message": ..., "data": {"reason": ...}}."""
+    return socketio.exceptions.ConnectionRefusedError(message, {"reason": reason})
+
+
 def event_payload(event: events_pb2.CallEvent) -> dict[str, Any]:
     return json_format.MessageToDict(event)
 
@@ -54,15 +59,11 @@ class Bridge:
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
         if not isinstance(token, str) or not token:
-            raise socketio.exceptions.ConnectionRefusedError(
-                {"reason": "UNAUTHENTICATED", "message": "auth.token (a session token) is required"}
-            )
+            raise refused("UNAUTHENTICATED", "auth.token (a session token) is required")
         try:
             principal = verify_session(token, self.settings.SESSION_SIGNING_KEY)
         except ServiceError as err:
-            raise socketio.exceptions.ConnectionRefusedError(
-                {"reason": err.reason, "message": err.message}
-            ) from None
+            raise refused(err.reason, err.message) from None
         assert principal.user_id is not None
         await self.sio.enter_room(sid, user_room(principal.tenant_id, principal.user_id))
         CONNECTED.inc()
