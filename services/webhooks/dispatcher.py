@@ -172,9 +172,9 @@ class Dispatcher:
                     error = None if 200 <= reply.status < 300 else f"HTTP {reply.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = type(exc).__name__
-        await self.settle(row, error)
+        await self.settle(row, error, final=endpoint is None)
 
-    async def settle(self, row: Any, error: str | None) -> None:
+    async def settle(self, row: Any, error: str | None, *, final: bool = False) -> None:
         values: dict[str, Any]
         if error is None:
             values = {"status": "delivered", "delivered_at": func.now(), "lease_until": None}
@@ -189,7 +189,9 @@ class Dispatcher:
                 "next_attempt_at": func.now()
                 + timedelta(seconds=next_delay(self.settings, row.attempts)),
                 # Past the retry window the delivery is recorded as failed.
-                "status": case((func.now() > give_up_at, "failed"), else_="pending"),
+                "status": "failed"
+                if final
+                else case((func.now() > give_up_at, "failed"), else_="pending"),
             }
         async with transaction(self.engine) as conn:
             status = (
