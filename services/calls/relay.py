@@ -12,18 +12,15 @@ import asyncio
 import contextlib
 import logging
 
-import nats
 import psycopg
 from nats.aio.client import Client as NATS
-from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import BadRequestError
 from prometheus_client import Counter
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.calls.outbox import NOTIFY_CHANNEL
-from services.common import events
 from services.common.db import transaction
+from services.common.jetstream import connect, ensure_stream
 from services.common.logging import log_fields
 from services.common.models import OUTBOX
 
@@ -31,34 +28,6 @@ log = logging.getLogger(__name__)
 
 PUBLISHED = Counter("outbox_events_published_total", "Outbox events published to NATS")
 RELAY_LOCK = 727275
-DUPLICATE_WINDOW_SECONDS = 120
-
-
-async def ensure_stream(nc: NATS) -> None:
-    js = nc.jetstream()
-    config = StreamConfig(
-        name=events.STREAM,
-        subjects=[events.SUBJECTS],
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        max_age=7 * 24 * 3600,
-    )
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.update_stream(config)
-
-
-async def connect(url: str, name: str) -> NATS:
-    """A connection that keeps reconnecting for as long as the process lives."""
-    return await nats.connect(
-        url,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=2,
-        allow_reconnect=True,
-    )
 
 
 class OutboxRelay:
@@ -119,8 +88,12 @@ class OutboxRelay:
                         pass
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # NATS down or restarting: keep the rows, retry
+                except Exception as exc:  # NATS down, restarting or its store lost: keep the rows
                     log.warning("outbox relay waiting", extra=log_fields(error=type(exc).__name__))
+                    if nc is not None:  # reconnect and re-declare the stream next round
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(nc.close(), 2)
+                    nc = None
                     await asyncio.sleep(0.5)
                     continue
                 with contextlib.suppress(TimeoutError):

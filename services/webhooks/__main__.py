@@ -1,17 +1,24 @@
-"""The webhook dispatcher process: gRPC health and metrics, intake and delivery loops."""
+"""`python -m services.webhooks`: the webhook dispatcher.
+
+A worker with no RPCs of its own: the shared gRPC server gives it health checks (for
+readiness probes; SERVING once started, NOT_SERVING on SIGTERM) and Prometheus metrics
+on METRICS_PORT. Its work is two background loops, restarted if they fail:
+intake (JetStream → webhook_deliveries) and delivery (rows → signed POSTs).
+Env: GRPC_PORT, METRICS_PORT, DATABASE_URL, NATS_URL, WEBHOOK_*.
+"""
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.server import ServiceParts, main
 from services.common.settings import Settings
-from services.webhooks.dispatcher import Dispatcher
+from services.webhooks.delivery import Deliverer
+from services.webhooks.intake import Intake
 
 
 async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
-    dispatcher = Dispatcher(settings, engine)
-    return ServiceParts(
-        registrations=[], background=[dispatcher.consume, dispatcher.run_deliveries]
-    )
+    deliverer = Deliverer(settings, engine)
+    intake = Intake(settings, engine, on_queued=deliverer.wakeup.set)
+    return ServiceParts(registrations=[], background=[intake.run, deliverer.run])
 
 
 main("webhooks", build)

@@ -1,0 +1,453 @@
+"""Call events over Socket.IO, end to end: REST through Envoy → calls service → outbox →
+NATS JetStream → socket bridge → python-socketio clients connected through Envoy.
+
+Absence is never asserted after a sleep: each such test waits for a later event on the
+same socket first. The bridge emits in stream order and a socket delivers in order, so
+once the later event is there, a wrongly routed earlier one would be there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import socketio
+from sendsar.calls.v1 import events_pb2
+
+from devstack.procs import http_ok
+from services.common.auth import mint_session
+from services.common.settings import DEV_SESSION_KEY
+from tests.conftest import Tenant
+from tests.stack import Stack
+
+WAIT = 15.0  # generous: the suite may share two cores with another one
+EVENT_TYPES = (
+    "call.invite",
+    "call.accepted",
+    "call.declined",
+    "call.ended",
+    "call.missed",
+    "call.participant_joined",
+    "call.participant_left",
+    "call.started",  # never emitted; recorded so a wrong emit fails a test
+)
+
+
+def bridge_health(stack: Stack) -> str:
+    return f"http://127.0.0.1:{stack.bridge_port}/healthz"
+
+
+@pytest.fixture(scope="module")
+def bridge(stack: Stack) -> Iterator[None]:
+    """The socket bridge, unless the session's stack already runs one."""
+    running = stack.procs.get("bridge")
+    if running is not None and running.alive():
+        yield
+        return
+    proc = stack.start_worker(
+        "bridge",
+        "services.socket_bridge",
+        ready=lambda: http_ok(bridge_health(stack)),
+        HTTP_PORT=str(stack.bridge_port),
+    )
+    yield
+    proc.stop()
+
+
+class Device:
+    """One app-user device: a real Socket.IO client that records every call event."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sio = socketio.AsyncClient(reconnection=True)
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.changed = asyncio.Event()
+        for event_type in EVENT_TYPES:
+            self.sio.on(event_type, self._recorder(event_type))
+
+    def _recorder(self, event_type: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        async def record(data: dict[str, Any]) -> None:
+            self.events.append((event_type, data))
+            self.changed.set()
+
+        return record
+
+    def of(self, event_type: str | None = None, call_id: str | None = None) -> list[dict[str, Any]]:
+        return [
+            d
+            for t, d in self.events
+            if (event_type is None or t == event_type)
+            and (call_id is None or d["call"]["id"] == call_id)
+        ]
+
+    async def until(self, done: Callable[[], bool], what: str, within: float = WAIT) -> None:
+        async def watch() -> None:
+            while not done():
+                self.changed.clear()
+                await self.changed.wait()
+
+        try:
+            await asyncio.wait_for(watch(), within)
+        except TimeoutError:
+            raise AssertionError(
+                f"{self.name}: no {what} within {within}s; got {[t for t, _ in self.events]}"
+            ) from None
+
+    async def wait_for(self, event_type: str, call_id: str, within: float = WAIT) -> dict[str, Any]:
+        await self.until(lambda: bool(self.of(event_type, call_id)), event_type, within)
+        return self.of(event_type, call_id)[0]
+
+
+Connect = Callable[..., Awaitable[Device]]
+
+
+@pytest.fixture
+async def connect(stack: Stack, bridge: None) -> AsyncIterator[Connect]:
+    opened: list[Device] = []
+
+    async def open_device(tenant: Tenant, user_id: str, name: str | None = None) -> Device:
+        token = await asyncio.to_thread(tenant.session_token, user_id)
+        device = Device(name or user_id)
+        await device.sio.connect(
+            stack.rest,  # through Envoy, as an app connects
+            auth={"token": token},
+            transports=["websocket"],
+            socketio_path="socket.io",
+            wait_timeout=WAIT,
+        )
+        opened.append(device)
+        return device
+
+    yield open_device
+    for device in opened:
+        await device.sio.disconnect()
+
+
+async def rest(user: httpx.Client, path: str, **body: Any) -> dict[str, Any]:
+    """A POST as an app user, off the event loop (the sockets keep receiving meanwhile)."""
+    reply = await asyncio.to_thread(user.post, path, json=body)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+async def start_call(user: httpx.Client, room: str) -> dict[str, Any]:
+    return dict((await rest(user, f"/chat/rooms/{room}/calls"))["call"])
+
+
+# --- fan-out to devices ---------------------------------------------------------
+
+
+async def test_invite_reaches_both_callee_devices_and_not_the_caller(
+    tenant: Tenant, connect: Connect
+) -> None:
+    room = tenant.room("alice", "bob")
+    phone, laptop = (
+        await connect(tenant, "bob", "bob-phone"),
+        await connect(tenant, "bob", "bob-laptop"),
+    )
+    caller = await connect(tenant, "alice", "alice-phone")
+    alice = tenant.user("alice")
+
+    call = await start_call(alice, room)
+    for device in (phone, laptop):
+        invite = await device.wait_for("call.invite", call["id"])
+        assert invite["type"] == "call.invite" and invite["id"].startswith("evt_")
+        assert invite["tenantId"] == tenant.tenant_id and invite["userId"] == "alice"
+        assert invite["recipientUserIds"] == ["bob"]
+        assert invite["call"]["status"] == "ringing" and invite["call"]["createdBy"] == "alice"
+        assert invite["occurredAt"].endswith("Z")
+    assert phone.of("call.invite")[0]["id"] == laptop.of("call.invite")[0]["id"]
+
+    # The caller cancels; once the caller has call.ended, an invite would have come first.
+    await rest(alice, f"/chat/rooms/{room}/calls/{call['id']}/end")
+    await caller.wait_for("call.ended", call["id"])
+    assert caller.of("call.invite") == [] and caller.of("call.started") == []
+
+
+async def test_accept_on_one_device_reaches_the_other_device_and_the_caller(
+    tenant: Tenant, connect: Connect
+) -> None:
+    room = tenant.room("alice", "bob")
+    phone, laptop = (
+        await connect(tenant, "bob", "bob-phone"),
+        await connect(tenant, "bob", "bob-laptop"),
+    )
+    caller = await connect(tenant, "alice")
+    call = await start_call(tenant.user("alice"), room)
+    await laptop.wait_for("call.invite", call["id"])
+
+    await rest(tenant.user("bob"), f"/chat/rooms/{room}/calls/{call['id']}/accept")  # "phone"
+    accepted = await laptop.wait_for("call.accepted", call["id"])  # stops the laptop ringing
+    assert accepted["userId"] == "bob" and accepted["call"]["status"] == "active"
+    assert sorted(accepted["recipientUserIds"]) == ["alice", "bob"]
+    await phone.wait_for("call.accepted", call["id"])
+    await caller.wait_for("call.accepted", call["id"])
+
+
+async def test_decline_in_a_direct_call_reaches_the_caller(
+    tenant: Tenant, connect: Connect
+) -> None:
+    room = tenant.room("alice", "bob")
+    caller = await connect(tenant, "alice")
+    other_device = await connect(tenant, "bob", "bob-laptop")
+    call = await start_call(tenant.user("alice"), room)
+    await other_device.wait_for("call.invite", call["id"])
+
+    await rest(tenant.user("bob"), f"/chat/rooms/{room}/calls/{call['id']}/decline")
+    for device in (caller, other_device):
+        declined = await device.wait_for("call.declined", call["id"])
+        assert declined["userId"] == "bob" and declined["call"]["status"] == "ended"
+        ended = await device.wait_for("call.ended", call["id"])
+        assert ended["call"]["endReason"] == "declined"
+
+
+async def test_group_joins_and_leaves_reach_the_participants(
+    tenant: Tenant, connect: Connect
+) -> None:
+    room = tenant.room("alice", "bob", "carol")
+    alice_device = await connect(tenant, "alice")
+    carol_device = await connect(tenant, "carol")
+    call = await start_call(tenant.user("alice"), room)
+    await carol_device.wait_for("call.invite", call["id"])
+    await rest(tenant.user("bob"), f"/chat/rooms/{room}/calls/{call['id']}/accept")
+    joined = await alice_device.wait_for("call.participant_joined", call["id"])
+    assert joined["userId"] == "bob"
+    await rest(tenant.user("bob"), f"/chat/rooms/{room}/calls/{call['id']}/leave")
+    left = await alice_device.wait_for("call.participant_left", call["id"])
+    assert left["userId"] == "bob" and left["call"]["status"] == "active"
+
+
+async def test_call_started_is_not_emitted(tenant: Tenant, connect: Connect) -> None:
+    room = tenant.room("alice", "bob")
+    bob_device = await connect(tenant, "bob")
+    alice_device = await connect(tenant, "alice")
+    alice = tenant.user("alice")
+    call = await start_call(alice, room)  # writes call.started (no recipients), then invite
+    await bob_device.wait_for("call.invite", call["id"])
+    await rest(alice, f"/chat/rooms/{room}/calls/{call['id']}/end")
+    for device in (alice_device, bob_device):
+        await device.wait_for("call.ended", call["id"])
+        assert device.of("call.started") == []
+
+
+# --- isolation and authentication -------------------------------------------------
+
+
+async def test_same_user_id_in_another_tenant_never_receives_the_events(
+    new_tenant: Callable[..., Tenant], connect: Connect
+) -> None:
+    a, b = new_tenant(), new_tenant()
+    a_room, b_room = a.room("alice", "bob"), b.room("alice", "bob")
+    a_bob = await connect(a, "bob", "a-bob")
+    b_bob = await connect(b, "bob", "b-bob")
+
+    a_call = await start_call(a.user("alice"), a_room)
+    await a_bob.wait_for("call.invite", a_call["id"])
+    await rest(a.user("alice"), f"/chat/rooms/{a_room}/calls/{a_call['id']}/end")
+    await a_bob.wait_for("call.ended", a_call["id"])
+    # B's own call comes later in the stream: once its invite is at b_bob, any of A's
+    # events routed to b_bob would be there too.
+    b_call = await start_call(b.user("alice"), b_room)
+    await b_bob.wait_for("call.invite", b_call["id"])
+    assert {d["tenantId"] for _, d in b_bob.events} == {b.tenant_id}
+    assert b_bob.of(call_id=a_call["id"]) == []
+    assert {d["tenantId"] for _, d in a_bob.events} == {a.tenant_id}
+
+
+def _token(kind: str, tenant: Tenant) -> str | None:
+    claims: dict[str, Any] = {"tenant_id": tenant.tenant_id, "user_id": "bob", "name": None}
+    if kind == "forged":  # right claims, signed with another key
+        return mint_session(signing_key="f" * 48, ttl_seconds=600, **claims)[0]
+    if kind == "expired":
+        return mint_session(signing_key=DEV_SESSION_KEY, ttl_seconds=-60, **claims)[0]
+    if kind == "api_key":  # a tenant credential is not an app user's session
+        return tenant.api_key
+    if kind == "garbage":
+        return "not-a-jwt"
+    return None  # missing
+
+
+@pytest.mark.parametrize("kind", ["forged", "expired", "missing", "garbage", "api_key"])
+async def test_bad_tokens_are_refused_with_a_reason(
+    stack: Stack, bridge: None, tenant: Tenant, kind: str
+) -> None:
+    token = _token(kind, tenant)
+    client = socketio.AsyncClient(reconnection=False)
+    refusals: list[Any] = []
+    client.on("connect_error", refusals.append)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(
+            stack.rest,
+            auth={"token": token} if token is not None else {},
+            transports=["websocket"],
+            socketio_path="socket.io",
+            wait_timeout=WAIT,
+        )
+    assert not client.connected
+    assert len(refusals) == 1, refusals
+    data = refusals[0]["data"]
+    assert data["reason"] == "UNAUTHENTICATED" and data["message"], refusals
+    if kind == "expired":
+        assert "expired" in data["message"]
+    assert DEV_SESSION_KEY not in str(refusals)
+
+
+async def test_a_valid_session_token_connects(tenant: Tenant, connect: Connect) -> None:
+    """Control for the refusals above: the same claims, correctly signed, connect."""
+    device = await connect(tenant, "bob")
+    assert device.sio.connected
+
+
+# --- health, metrics ---------------------------------------------------------------
+
+
+async def test_health_and_metrics(
+    stack: Stack, bridge: None, tenant: Tenant, connect: Connect
+) -> None:
+    assert await asyncio.to_thread(http_ok, bridge_health(stack))
+    room = tenant.room("alice", "bob")
+    bob_device = await connect(tenant, "bob")
+    call = await start_call(tenant.user("alice"), room)
+    await bob_device.wait_for("call.invite", call["id"])
+
+    def metrics() -> str:
+        url = f"http://127.0.0.1:{stack.bridge_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return str(reply.read().decode())
+
+    text = await asyncio.to_thread(metrics)
+    assert 'socket_bridge_events_emitted_total{type="call.invite"}' in text
+    assert "socket_bridge_connections " in text
+
+
+# --- no loss, no duplicates across a NATS restart ------------------------------------
+
+
+def _outbox_events_for(stack: Stack, tenant_id: str, user_id: str) -> set[str]:
+    """Every event the tenant's outbox holds for this user: what the user must receive."""
+    with psycopg.connect(stack.database_url, autocommit=True) as db:
+        rows = db.execute(
+            "SELECT payload FROM outbox WHERE tenant_id = %s", (tenant_id,)
+        ).fetchall()
+    wanted = set()
+    for (payload,) in rows:
+        event = events_pb2.CallEvent.FromString(bytes(payload))
+        if user_id in event.recipient_user_ids:
+            wanted.add(event.id)
+    return wanted
+
+
+def _lifecycles(tenant: Tenant, rooms: list[str]) -> list[str]:
+    """Start, accept and end a call in each room (blocking; run off the loop)."""
+    alice, bob = tenant.user("alice"), tenant.user("bob")
+    ids = []
+    for room in rooms:
+        reply = alice.post(f"/chat/rooms/{room}/calls", json={})
+        assert reply.status_code == 200, reply.text
+        call_id = reply.json()["call"]["id"]
+        for user, action in ((bob, "accept"), (alice, "end")):
+            reply = user.post(f"/chat/rooms/{room}/calls/{call_id}/{action}", json={})
+            assert reply.status_code == 200, reply.text
+        ids.append(call_id)
+    return ids
+
+
+@pytest.mark.slow
+async def test_nats_restart_loses_nothing_and_duplicates_nothing(
+    stack: Stack, tenant: Tenant, connect: Connect
+) -> None:
+    rooms = [tenant.room("alice", "bob") for _ in range(4)]
+    bob_device = await connect(tenant, "bob")
+    before = await asyncio.to_thread(_lifecycles, tenant, rooms[:1])
+    await bob_device.wait_for("call.ended", before[0])
+
+    stack.stop_nats()
+    try:
+        # Calls keep changing while NATS is down: the events wait in the outbox.
+        during = await asyncio.to_thread(_lifecycles, tenant, rooms[1:3])
+    finally:
+        stack.start_nats()
+    after = await asyncio.to_thread(_lifecycles, tenant, rooms[3:])
+
+    wanted = await asyncio.to_thread(_outbox_events_for, stack, tenant.tenant_id, "bob")
+    assert len(wanted) == 3 * len(before + during + after)  # invite, accepted, ended each
+
+    def received() -> set[str]:
+        return {d["id"] for _, d in bob_device.events}
+
+    await bob_device.until(lambda: wanted <= received(), "every event after the restart", 45)
+    # One more event after all of them; a replay of any earlier one would precede it.
+    marker = await start_call(tenant.user("alice"), rooms[0])
+    await bob_device.wait_for("call.invite", marker["id"])
+    ids = [d["id"] for _, d in bob_device.events]
+    assert len(ids) == len(set(ids)), "an event reached the socket twice"
+    for call_id in before + during + after:
+        assert [t for t, d in bob_device.events if d["call"]["id"] == call_id] == [
+            "call.invite",
+            "call.accepted",
+            "call.ended",
+        ]
+    assert bob_device.sio.connected
+    assert await asyncio.to_thread(http_ok, bridge_health(stack))
+
+
+@pytest.mark.slow
+async def test_new_bridge_does_not_replay_history(
+    stack: Stack, tenant: Tenant, connect: Connect
+) -> None:
+    """A bridge (re)started follows new events only, also across a NATS restart before
+    its first event (nats-py's ordered consumer would otherwise restart at sequence 1)."""
+    room = tenant.room("alice", "bob")
+    old = await asyncio.to_thread(_lifecycles, tenant, [room])  # history in the stream
+    bridge_proc = stack.procs["bridge"]
+    bridge_proc.stop()
+    bridge_proc.start()
+    await asyncio.to_thread(_wait_healthy, stack)
+    stack.stop_nats()
+    stack.start_nats()
+    bob_device = await connect(tenant, "bob")
+    await asyncio.to_thread(_wait_healthy, stack)
+    new = await start_call(tenant.user("alice"), room)
+    await bob_device.wait_for("call.invite", new["id"])
+    assert bob_device.of(call_id=old[0]) == []
+    assert [t for t, _ in bob_device.events] == ["call.invite"]
+
+
+@pytest.mark.slow
+async def test_nats_losing_its_store_is_survived(
+    stack: Stack, tenant: Tenant, connect: Connect
+) -> None:
+    """NATS restarted empty (e.g. without a persistent volume): the stream is recreated
+    with sequences from 1 again, and the bridge follows the new stream."""
+    room = tenant.room("alice", "bob")
+    bob_device = await connect(tenant, "bob")
+    before = await asyncio.to_thread(_lifecycles, tenant, [room])
+    await bob_device.wait_for("call.ended", before[0])
+
+    stack.stop_nats()
+    shutil.rmtree(stack.workdir / "nats")
+    stack.start_nats()
+    after = await asyncio.to_thread(_lifecycles, tenant, [room])
+    for event_type in ("call.invite", "call.accepted", "call.ended"):
+        await bob_device.wait_for(event_type, after[0], within=45)
+    ids = [d["id"] for _, d in bob_device.events]
+    assert len(ids) == len(set(ids)) == 6
+
+
+def _wait_healthy(stack: Stack, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if http_ok(bridge_health(stack)):
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the bridge did not become healthy")
