@@ -46,6 +46,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check services devstack tests migrations bench
 	$(BIN)/ruff format --check services devstack tests migrations bench
 	$(BIN)/mypy services devstack
+	mkdir -p .cache
 	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. -I$(SITE) --include_imports --include_source_info \
 	  --descriptor_set_out=../.cache/lint-image.binpb $(PROTOS)
 	npx --yes @bufbuild/buf@1.50.0 lint .cache/lint-image.binpb --path sendsar --config buf.yaml
