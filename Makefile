@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 LIVEKIT_VERSION := v1.13.5
 LIVEKIT_BIN := .cache/bin/livekit-server
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
+# The wheels put nats-server and envoy in the venv's bin.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install proto k8s proto-check lint test test-fast dev bench livekit clean ci
 

@@ -85,7 +85,7 @@ class Stack:
         self.procs["nats"] = Proc(
             "nats",
             [
-                "nats-server",
+                str(Path(sys.executable).parent / "nats-server"),
                 "-a",
                 "127.0.0.1",
                 "-p",
