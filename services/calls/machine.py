@@ -21,7 +21,14 @@ from services.calls.outbox import emit
 from services.calls.store import Snapshot
 from services.common import events
 from services.common.db import transaction
-from services.common.errors import UNAVAILABLE, conflict, forbidden, invalid, not_found
+from services.common.errors import (
+    UNAVAILABLE,
+    ServiceError,
+    conflict,
+    forbidden,
+    invalid,
+    not_found,
+)
 from services.common.logging import call_id_var, log_fields
 from services.common.models import CALLS, TENANTS, new_id
 from services.common.rooms import room_members
@@ -38,6 +45,8 @@ AfterCommit = Callable[[], Coroutine[Any, Any, None]]
 class Result:
     snap: Snapshot
     after_commit: list[AfterCommit] = field(default_factory=list)
+    # Raised to the caller after the transaction commits (the state change stands).
+    refusal: ServiceError | None = None
 
 
 def _ended(call: Row[Any]) -> None:
@@ -67,6 +76,8 @@ class CallMachine:
     async def _run(self, body: Callable[[AsyncConnection], Awaitable[Result]]) -> Snapshot:
         result = await self._commit(body)
         assert result is not None
+        if result.refusal is not None:
+            raise result.refusal
         return result.snap
 
     async def drain(self) -> None:
@@ -179,6 +190,19 @@ class CallMachine:
         return await self._join(conn, snap, user_id, cfg)
 
     async def _answer(self, conn: AsyncConnection, snap: Snapshot, user_id: str) -> Result:
+        if snap.participant(user_id) is None:  # e.g. added to the room while it rang
+            raise forbidden("NOT_CALL_PARTICIPANT", "this 1:1 call is between two other users")
+        expired = (
+            await conn.execute(
+                select(CALLS.c.ring_deadline <= func.now()).where(CALLS.c.id == snap.call.id)
+            )
+        ).scalar()
+        if expired:  # the sweep has not reached it yet: too late all the same
+            result = await self._finish(
+                conn, snap.call, reason=RING_TIMEOUT_REASON, actor=snap.call.created_by
+            )
+            result.refusal = conflict("CALL_ENDED", "the call has ended")
+            return result
         await store.update_call(
             conn, snap.call.id, status="active", answered_at=func.now(), ring_deadline=None
         )
@@ -240,6 +264,10 @@ class CallMachine:
                     raise conflict(
                         "CANNOT_DECLINE_OWN_CALL",
                         "you started this call; end it with reason 'cancelled'",
+                    )
+                if participant is None:
+                    raise forbidden(
+                        "NOT_CALL_PARTICIPANT", "this 1:1 call is between two other users"
                     )
                 if snap.call.status != "ringing":
                     raise conflict(
