@@ -107,6 +107,16 @@ class CallMachine:
             raise forbidden("NOT_ROOM_MEMBER", "you are not a member of this room")
         return members
 
+    async def _open_live(
+        self, conn: AsyncConnection, tenant_id: str, room_id: str, call_id: str, user_id: str
+    ) -> tuple[Row[Any], Snapshot]:
+        """The common opening of a transition on a call: enabled, member, locked, not ended."""
+        cfg = await self._calls_settings(conn, tenant_id)
+        await self._member_room(conn, tenant_id, room_id, user_id)
+        snap = await self._locked(conn, tenant_id, room_id, call_id)
+        _ended(snap.call)
+        return cfg, snap
+
     async def _locked(
         self, conn: AsyncConnection, tenant_id: str, room_id: str, call_id: str
     ) -> Snapshot:
@@ -237,10 +247,7 @@ class CallMachine:
 
     async def accept(self, *, tenant_id: str, room_id: str, call_id: str, user_id: str) -> Snapshot:
         async def body(conn: AsyncConnection) -> Result:
-            cfg = await self._calls_settings(conn, tenant_id)
-            await self._member_room(conn, tenant_id, room_id, user_id)
-            snap = await self._locked(conn, tenant_id, room_id, call_id)
-            _ended(snap.call)
+            cfg, snap = await self._open_live(conn, tenant_id, room_id, call_id, user_id)
             if snap.call.mode == "direct":
                 if user_id == snap.call.created_by:
                     raise conflict("CANNOT_ACCEPT_OWN_CALL", "you started this call")
@@ -254,10 +261,7 @@ class CallMachine:
         self, *, tenant_id: str, room_id: str, call_id: str, user_id: str
     ) -> Snapshot:
         async def body(conn: AsyncConnection) -> Result:
-            await self._calls_settings(conn, tenant_id)
-            await self._member_room(conn, tenant_id, room_id, user_id)
-            snap = await self._locked(conn, tenant_id, room_id, call_id)
-            _ended(snap.call)
+            _, snap = await self._open_live(conn, tenant_id, room_id, call_id, user_id)
             participant = snap.participant(user_id)
             if snap.call.mode == "direct":
                 if user_id == snap.call.created_by:
@@ -295,11 +299,8 @@ class CallMachine:
             )
 
         async def body(conn: AsyncConnection) -> Result:
-            await self._calls_settings(conn, tenant_id)
-            await self._member_room(conn, tenant_id, room_id, user_id)
-            snap = await self._locked(conn, tenant_id, room_id, call_id)
+            _, snap = await self._open_live(conn, tenant_id, room_id, call_id, user_id)
             call = snap.call
-            _ended(call)
             if call.mode == "group":
                 if user_id != call.created_by:
                     raise forbidden(
@@ -320,10 +321,7 @@ class CallMachine:
 
     async def leave(self, *, tenant_id: str, room_id: str, call_id: str, user_id: str) -> Snapshot:
         async def body(conn: AsyncConnection) -> Result:
-            await self._calls_settings(conn, tenant_id)
-            await self._member_room(conn, tenant_id, room_id, user_id)
-            snap = await self._locked(conn, tenant_id, room_id, call_id)
-            _ended(snap.call)
+            _, snap = await self._open_live(conn, tenant_id, room_id, call_id, user_id)
             participant = snap.participant(user_id)
             if participant is None or participant.state != "joined":
                 raise conflict("NOT_IN_CALL", "you have not joined this call")

@@ -9,16 +9,7 @@ from typing import Any
 
 import socketio
 
-EVENT_TYPES = (
-    "call.invite",
-    "call.accepted",
-    "call.declined",
-    "call.ended",
-    "call.missed",
-    "call.participant_joined",
-    "call.participant_left",
-    "call.started",
-)
+from services.common import events
 
 
 class Device:
@@ -28,7 +19,7 @@ class Device:
         self.name = name
         self.sio = socketio.AsyncClient(reconnection=True)
         self.events: list[tuple[str, dict[str, Any]]] = []
-        for event_type in EVENT_TYPES:
+        for event_type in events.ALL:  # call.started too: a wrong emit fails
             self.sio.on(event_type, self._recorder(event_type))
 
     def _recorder(self, event_type: str) -> Callable[[dict[str, Any]], None]:

@@ -22,22 +22,13 @@ import socketio
 from sendsar.calls.v1 import events_pb2
 
 from devstack.procs import http_ok
+from services.common import events
 from services.common.auth import mint_session
 from services.common.settings import DEV_SESSION_KEY
 from tests.conftest import Tenant
 from tests.stack import Stack
 
 WAIT = 15.0  # generous: the suite may share two cores with another one
-EVENT_TYPES = (
-    "call.invite",
-    "call.accepted",
-    "call.declined",
-    "call.ended",
-    "call.missed",
-    "call.participant_joined",
-    "call.participant_left",
-    "call.started",  # never emitted; recorded so a wrong emit fails a test
-)
 
 
 def bridge_health(stack: Stack) -> str:
@@ -69,7 +60,7 @@ class Device:
         self.sio = socketio.AsyncClient(reconnection=True)
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.changed = asyncio.Event()
-        for event_type in EVENT_TYPES:
+        for event_type in events.ALL:  # call.started too: a wrong emit fails
             self.sio.on(event_type, self._recorder(event_type))
 
     def _recorder(self, event_type: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
