@@ -13,6 +13,7 @@ from devstack.procs import (
     ROOT,
     Proc,
     free_port,
+    free_ports,
     grpc_serving,
     http_ok,
     port_open,
@@ -31,6 +32,9 @@ class Stack:
     bridge_port: int = field(default_factory=free_port)
     livekit_port: int = field(default_factory=free_port)
     grpc_ports: dict[str, int] = field(default_factory=dict)
+    # Worker processes per gRPC service (each on its own port: base, base + 1, ...);
+    # the call path runs two, so every test exercises several processes.
+    workers: dict[str, int] = field(default_factory=lambda: {"calls": 2})
     procs: dict[str, Proc] = field(default_factory=dict)
     livekit_enabled: bool = False
 
@@ -120,12 +124,17 @@ class Stack:
         )
         self.livekit_enabled = True
 
+    def addresses(self, name: str) -> list[str]:
+        """Where a gRPC service's workers listen: its port and the next WORKERS - 1."""
+        base = self.grpc_ports[name]
+        return [f"127.0.0.1:{base + i}" for i in range(self.workers.get(name, 1))]
+
     def start_envoy(self) -> None:
         config = self.workdir / "envoy.yaml"
         upstreams = envoy.Upstreams(
-            tenant=[f"127.0.0.1:{self.grpc_ports['tenant']}"],
-            chat=[f"127.0.0.1:{self.grpc_ports['chat']}"],
-            calls=[f"127.0.0.1:{self.grpc_ports['calls']}"],
+            tenant=self.addresses("tenant"),
+            chat=self.addresses("chat"),
+            calls=self.addresses("calls"),
             bridge=[f"127.0.0.1:{self.bridge_port}"],
         )
         config.write_text(
@@ -141,15 +150,17 @@ class Stack:
     # --- services -------------------------------------------------------------
 
     def start_grpc_service(self, name: str, module: str, **extra: str) -> Proc:
-        port = self.grpc_ports.setdefault(name, free_port())
+        port = self.grpc_ports.setdefault(name, free_ports(self.workers.get(name, 1)))
+        workers = str(self.workers.get(name, 1))
         proc = Proc(
             name,
             [sys.executable, "-m", module],
-            self.env(GRPC_PORT=str(port), **extra),
+            self.env(GRPC_PORT=str(port), WORKERS=workers, **extra),
             self.workdir,
         )
         self.procs[name] = proc
-        wait_until(lambda: grpc_serving(f"127.0.0.1:{port}"), name, proc=proc)
+        for address in self.addresses(name):
+            wait_until(lambda a=address: grpc_serving(a), name, proc=proc)
         return proc
 
     def start_worker(self, name: str, module: str, ready: object = None, **extra: str) -> Proc:
@@ -163,7 +174,7 @@ class Stack:
         self.start_postgres()
         self.start_nats()
         for port_name in ("tenant", "chat", "calls"):
-            self.grpc_ports[port_name] = free_port()
+            self.grpc_ports[port_name] = free_ports(self.workers.get(port_name, 1))
         self.start_envoy()
         self.start_livekit()
         self.start_grpc_service("tenant", "services.tenant")

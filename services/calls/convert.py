@@ -1,4 +1,4 @@
-"""Rows to protobuf messages."""
+"""Domain calls to protobuf messages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 from google.protobuf import timestamp_pb2
 from sendsar.calls.v1 import calls_pb2 as pb
 
-from services.calls.store import Snapshot
+from services.calls.domain import Call
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -18,27 +18,26 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def call_to_pb(snap: Snapshot) -> pb.Call:
-    c = snap.call
-    call = pb.Call(
-        id=c.id,
-        room_id=c.room_id,
-        type=c.type,
-        mode=c.mode,
-        status=c.status,
-        created_by=c.created_by,
-        created_at=timestamp(c.created_at),
-        answered_at=timestamp(c.answered_at),
-        ended_at=timestamp(c.ended_at),
-        ring_timeout_seconds=c.ring_timeout_seconds,
+def call_to_pb(call: Call) -> pb.Call:
+    message = pb.Call(
+        id=call.id,
+        room_id=call.room_id,
+        type=call.type,
+        mode=call.mode,
+        status=call.status,
+        created_by=call.created_by,
+        created_at=timestamp(call.created_at),
+        answered_at=timestamp(call.answered_at),
+        ended_at=timestamp(call.ended_at),
+        ring_timeout_seconds=call.ring_timeout_seconds,
     )
-    if c.end_reason:
-        call.end_reason = c.end_reason
-    for p in snap.participants:
-        call.participants.add(
+    if call.end_reason:
+        message.end_reason = call.end_reason
+    for p in call.participants:
+        message.participants.add(
             user_id=p.user_id,
             state=p.state,
             joined_at=timestamp(p.joined_at),
             left_at=timestamp(p.left_at),
         )
-    return call
+    return message

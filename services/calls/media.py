@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 from livekit import api
+from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
 
 from services.common.errors import unauthenticated
@@ -22,6 +24,37 @@ TOKEN_TTL = timedelta(seconds=600)
 def room_name(call_id: str) -> str:
     # One LiveKit room per call: the call id is never reused, so neither is the room.
     return call_id
+
+
+@dataclass(frozen=True)
+class MediaSignal:
+    """What a LiveKit webhook tells the call: a media session ended, or the room did."""
+
+    livekit_room: str
+    room_finished: bool
+    identity: str = ""
+    # When the ended media session began (to tell an old session from the current one).
+    session_started: datetime | None = None
+
+
+def _signal(event: WebhookEvent) -> MediaSignal | None:
+    """The webhooks that change a call; None for every other one."""
+    if not event.room.name:
+        return None
+    if event.event == "room_finished":
+        return MediaSignal(event.room.name, room_finished=True)
+    if event.event != "participant_left":
+        return None
+    # A second connection of the same user replaces the first: not a departure.
+    if event.participant.disconnect_reason == models.DisconnectReason.DUPLICATE_IDENTITY:
+        return None
+    started_ms = event.participant.joined_at_ms or event.participant.joined_at * 1000
+    return MediaSignal(
+        event.room.name,
+        room_finished=False,
+        identity=event.participant.identity,
+        session_started=datetime.fromtimestamp(started_ms / 1000, UTC) if started_ms else None,
+    )
 
 
 class Media:
@@ -49,13 +82,15 @@ class Media:
             .to_jwt()
         )
 
-    def verify_webhook(self, body: bytes, authorization: str | None) -> WebhookEvent:
+    def webhook_signal(self, body: bytes, authorization: str | None) -> MediaSignal | None:
+        """Verifies a LiveKit webhook's signature and says what it means for its call."""
         if not authorization:
             raise unauthenticated("missing LiveKit webhook signature")
         try:
-            return self._receiver.receive(body.decode(), authorization)
+            event = self._receiver.receive(body.decode(), authorization)
         except Exception:
             raise unauthenticated("invalid LiveKit webhook signature") from None
+        return _signal(event)
 
     def _client(self) -> api.LiveKitAPI:
         if self._api is None:

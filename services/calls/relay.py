@@ -18,7 +18,7 @@ from prometheus_client import Counter
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.calls.outbox import NOTIFY_CHANNEL
+from services.calls.store import NOTIFY_CHANNEL
 from services.common.db import transaction
 from services.common.jetstream import connect, ensure_stream
 from services.common.logging import log_fields

@@ -1,183 +1,424 @@
-"""Call rows: every read that precedes a transition takes the call's row lock."""
+"""Call persistence: loading a call under its row lock and saving a transition.
+
+This is the hot path of every call transition, so it talks to PostgreSQL through
+psycopg directly rather than SQLAlchemy: every statement below is a fixed text (lists
+travel as arrays through `unnest`), which psycopg prepares on the server after a few
+uses, and no statement is compiled per request. A transition costs at most:
+
+- load: the call row locked together with the tenant's policy (1 statement), then its
+  participants and the caller's membership, read after the lock is held (1 statement);
+- save: one statement whose CTEs update the call, upsert the changed participants,
+  insert every outbox row, insert the history message and NOTIFY the relays.
+
+Reads that decide a transition happen after the lock: under READ COMMITTED each
+statement sees what was committed when it began, and a statement that waited for the
+lock began before the previous holder committed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from sendsar.calls.v1 import events_pb2
 
-from services.common.models import CALLS, LIVE_STATUSES, PARTICIPANTS
+from services.calls import history
+from services.calls.domain import Call, CallPolicy, Change, Event, Participant
+from services.common.events import subject
+from services.common.models import new_id
 
-_LIVE = CALLS.c.status.in_(LIVE_STATUSES)
+NOTIFY_CHANNEL = "sendsar_outbox"
+# Socket recipients per outbox message: an event to a huge room is split so that no
+# message comes near NATS's payload limit (each part reaches its own recipients).
+RECIPIENTS_PER_MESSAGE = 500
+
+_CALL_COLUMNS = (
+    "c.id, c.tenant_id, c.room_id, c.type, c.mode, c.status, c.created_by, c.created_at,"
+    " c.ring_timeout_seconds, c.livekit_room, c.answered_at, c.ended_at, c.end_reason,"
+    " c.ring_deadline"
+)
+_N_CALL = 14
+_POLICY_COLUMNS = "t.calls_enabled, t.max_participants, t.ring_timeout_seconds, t.default_type"
+_LIVE = "c.status IN ('ringing', 'active')"
+
+# The tenant's policy, the transaction's time and the call, locked (or not).
+_CALL_BY_ID = f"""
+SELECT now(), {_POLICY_COLUMNS}, {_CALL_COLUMNS}
+FROM tenants t LEFT JOIN LATERAL (
+    SELECT * FROM calls c0
+    WHERE c0.id = %(call)s AND c0.room_id = %(room)s AND c0.tenant_id = %(tenant)s {{lock}}
+) c ON true
+WHERE t.id = %(tenant)s"""
+LOCK_CALL = _CALL_BY_ID.format(lock="FOR UPDATE")
+READ_CALL = _CALL_BY_ID.format(lock="")
+
+LOCK_LIVE_CALL = f"""
+SELECT now(), {_POLICY_COLUMNS}, {_CALL_COLUMNS}
+FROM tenants t LEFT JOIN LATERAL (
+    SELECT * FROM calls c0
+    WHERE c0.room_id = %(room)s AND c0.tenant_id = %(tenant)s
+      AND c0.status IN ('ringing', 'active')
+    FOR UPDATE
+) c ON true
+WHERE t.id = %(tenant)s"""
+
+# Participants and the caller's membership, read once the call's lock is held.
+PARTICIPANTS_AND_MEMBERSHIP = """
+SELECT EXISTS (SELECT 1 FROM rooms WHERE id = %(room)s AND tenant_id = %(tenant)s),
+       EXISTS (SELECT 1 FROM room_members WHERE room_id = %(room)s AND user_id = %(user)s),
+       p.user_id, p.state, p.joined_at, p.left_at, p.ever_joined
+FROM (SELECT 1) one LEFT JOIN call_participants p ON p.call_id = %(call)s"""
+
+# What a start needs: policy, time, the room's members and its live call (if any).
+START_CONTEXT = f"""
+SELECT now(), {_POLICY_COLUMNS},
+       EXISTS (SELECT 1 FROM rooms WHERE id = %(room)s AND tenant_id = %(tenant)s),
+       ARRAY(SELECT user_id FROM room_members WHERE room_id = %(room)s ORDER BY user_id),
+       (SELECT c.id FROM calls c WHERE c.room_id = %(room)s AND c.tenant_id = %(tenant)s
+          AND {_LIVE})
+FROM (SELECT 1) one LEFT JOIN tenants t ON t.id = %(tenant)s"""
+
+# The outbox rows, the history message and the wake-up, shared by both writes below.
+_WRITE_TAIL = """
+o AS (
+    INSERT INTO outbox (id, tenant_id, subject, payload)
+    SELECT o.id, %(tenant)s, o.subject, o.payload
+    FROM unnest(%(o_id)s::text[], %(o_subject)s::text[], %(o_payload)s::bytea[])
+         AS o(id, subject, payload){gate}
+),
+h AS (
+    INSERT INTO messages (id, tenant_id, room_id, sender_id, parts, call_id)
+    SELECT %(h_id)s, %(tenant)s, %(room)s, %(h_sender)s, %(h_parts)s, %(id)s
+    WHERE %(h_write)s
+    ON CONFLICT (call_id) DO NOTHING
+)"""
+
+# A new live call with its participants and events; nothing at all when another live
+# call won the room first (the partial unique index on calls(room_id)).
+INSERT_CALL = (
+    """
+WITH c AS (
+    INSERT INTO calls (id, tenant_id, room_id, type, mode, status, created_by, created_at,
+                       ring_timeout_seconds, livekit_room, ring_deadline, livekit_cleanup_pending)
+    VALUES (%(id)s, %(tenant)s, %(room)s, %(type)s, %(mode)s, %(status)s, %(created_by)s,
+            %(created_at)s, %(ring_timeout_seconds)s, %(livekit_room)s, %(ring_deadline)s,
+            false)
+    ON CONFLICT (room_id) WHERE status IN ('ringing', 'active') DO NOTHING
+    RETURNING id
+),
+p AS (
+    INSERT INTO call_participants (call_id, tenant_id, user_id, state, joined_at, left_at,
+                                   ever_joined)
+    SELECT c.id, %(tenant)s, p.* FROM c, unnest(%(p_user)s::text[], %(p_state)s::text[],
+        %(p_joined)s::timestamptz[], %(p_left)s::timestamptz[], %(p_ever)s::boolean[]) AS p
+),"""
+    + _WRITE_TAIL.format(gate=", c")
+    + """
+SELECT id, pg_notify('"""
+    + NOTIFY_CHANNEL
+    + """', '') FROM c"""
+)
+
+# A transition of a locked call.
+SAVE = (
+    """
+WITH c AS (
+    UPDATE calls SET status = %(status)s, answered_at = %(answered_at)s,
+        ended_at = %(ended_at)s, end_reason = %(end_reason)s,
+        ring_deadline = %(ring_deadline)s,
+        livekit_cleanup_pending = livekit_cleanup_pending OR %(ended_now)s
+    WHERE id = %(id)s AND %(call_changed)s
+),
+p AS (
+    INSERT INTO call_participants (call_id, tenant_id, user_id, state, joined_at, left_at,
+                                   ever_joined)
+    SELECT %(id)s, %(tenant)s, p.* FROM unnest(%(p_user)s::text[], %(p_state)s::text[],
+        %(p_joined)s::timestamptz[], %(p_left)s::timestamptz[], %(p_ever)s::boolean[]) AS p
+    ON CONFLICT (call_id, user_id) DO UPDATE SET state = excluded.state,
+        joined_at = excluded.joined_at, left_at = excluded.left_at,
+        ever_joined = excluded.ever_joined
+),"""
+    + _WRITE_TAIL.format(gate="")
+    + """
+SELECT pg_notify('"""
+    + NOTIFY_CHANNEL
+    + """', '') WHERE cardinality(%(o_id)s::text[]) > 0"""
+)
+
+DUE_RINGING = f"""
+SELECT now(), {_CALL_COLUMNS} FROM calls c
+WHERE c.status = 'ringing' AND c.ring_deadline <= now()
+ORDER BY c.ring_deadline LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED"""
+
+LOCK_BY_MEDIA_ROOM = f"""
+SELECT now(), {_CALL_COLUMNS} FROM calls c WHERE c.livekit_room = %(livekit_room)s
+FOR UPDATE"""
+
+PARTICIPANTS_OF = """
+SELECT call_id, user_id, state, joined_at, left_at, ever_joined
+FROM call_participants WHERE call_id = ANY(%(calls)s)"""
+
+PENDING_CLEANUPS = """
+SELECT id, livekit_room FROM calls WHERE livekit_cleanup_pending
+ORDER BY ended_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED"""
+
+CLEANED = "UPDATE calls SET livekit_cleanup_pending = false WHERE id = ANY(%(calls)s)"
+
+
+# --- rows to domain objects -----------------------------------------------------------
+
+
+def _policy(row: Sequence[Any]) -> CallPolicy | None:
+    enabled, max_participants, ring_timeout, default_type = row
+    if enabled is None:
+        return None
+    return CallPolicy(enabled, max_participants, ring_timeout, default_type)
+
+
+def _call(row: Sequence[Any], participants: Iterable[Participant] = ()) -> Call | None:
+    if row[0] is None:
+        return None
+    (id_, tenant, room, type_, mode, status, created_by, created_at, ring_timeout, livekit_room,
+     answered_at, ended_at, end_reason, ring_deadline) = row  # fmt: skip
+    return Call(
+        id=id_,
+        tenant_id=tenant,
+        room_id=room,
+        type=type_,
+        mode=mode,
+        status=status,
+        created_by=created_by,
+        created_at=created_at,
+        ring_timeout_seconds=ring_timeout,
+        livekit_room=livekit_room,
+        answered_at=answered_at,
+        ended_at=ended_at,
+        end_reason=end_reason,
+        ring_deadline=ring_deadline,
+        participants=tuple(sorted(participants, key=lambda p: p.user_id)),
+    )
+
+
+def _participant(row: Sequence[Any]) -> Participant:
+    return Participant(*row)
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """A call and its participants as of the current transaction."""
+class Loaded:
+    """Everything a transition on one call decides on, read under the call's lock."""
 
-    call: Row[Any]
-    participants: list[Row[Any]]
-
-    def participant(self, user_id: str) -> Row[Any] | None:
-        return next((p for p in self.participants if p.user_id == user_id), None)
-
-    def user_ids(self) -> list[str]:
-        return [p.user_id for p in self.participants]
-
-    def joined(self) -> list[str]:
-        return [p.user_id for p in self.participants if p.state == "joined"]
+    now: datetime
+    policy: CallPolicy | None
+    call: Call | None
+    room_exists: bool
+    is_member: bool
 
 
-async def insert_live_call(conn: AsyncConnection, values: dict[str, Any]) -> bool:
-    """Inserts the room's live call; False when another live call won the room first."""
-    stmt = (
-        pg_insert(CALLS)
-        .values(**values)
-        .on_conflict_do_nothing(
-            index_elements=[CALLS.c.room_id], index_where=text("status IN ('ringing', 'active')")
-        )
-        .returning(CALLS.c.id)
-    )
-    return (await conn.execute(stmt)).first() is not None
+@dataclass(frozen=True)
+class StartContext:
+    now: datetime
+    policy: CallPolicy | None
+    room_exists: bool
+    members: list[str]
+    live_call_id: str | None
 
 
-async def lock_live_call(conn: AsyncConnection, *, tenant_id: str, room_id: str) -> Row[Any] | None:
-    stmt = (
-        select(CALLS)
-        .where(CALLS.c.tenant_id == tenant_id, CALLS.c.room_id == room_id, _LIVE)
-        .with_for_update()
-    )
-    return (await conn.execute(stmt)).first()
+# --- reads ----------------------------------------------------------------------------
 
 
-async def lock_call(
-    conn: AsyncConnection, *, tenant_id: str, room_id: str, call_id: str
-) -> Row[Any] | None:
-    stmt = (
-        select(CALLS)
-        .where(CALLS.c.id == call_id, CALLS.c.room_id == room_id, CALLS.c.tenant_id == tenant_id)
-        .with_for_update()
-    )
-    return (await conn.execute(stmt)).first()
-
-
-async def lock_call_by_livekit_room(conn: AsyncConnection, livekit_room: str) -> Row[Any] | None:
-    stmt = select(CALLS).where(CALLS.c.livekit_room == livekit_room).with_for_update()
-    return (await conn.execute(stmt)).first()
-
-
-async def live_call_id(conn: AsyncConnection, *, tenant_id: str, room_id: str) -> str | None:
-    stmt = select(CALLS.c.id).where(
-        CALLS.c.tenant_id == tenant_id, CALLS.c.room_id == room_id, _LIVE
-    )
-    return (await conn.execute(stmt)).scalar()
-
-
-async def snapshot(conn: AsyncConnection, call_id: str) -> Snapshot:
-    call = (await conn.execute(select(CALLS).where(CALLS.c.id == call_id))).one()
-    parts = (
+async def _with_participants(
+    conn: AsyncConnection[Any], head: Sequence[Any] | None, *, tenant: str, room: str, user: str
+) -> Loaded:
+    assert head is not None  # a SELECT from (SELECT 1) / tenants LEFT JOIN: one row
+    now, policy_row, call_row = head[0], head[1:5], head[5 : 5 + _N_CALL]
+    call_id = call_row[0]
+    rows = await (
         await conn.execute(
-            select(PARTICIPANTS)
-            .where(PARTICIPANTS.c.call_id == call_id)
-            .order_by(PARTICIPANTS.c.user_id)
+            PARTICIPANTS_AND_MEMBERSHIP,
+            {"tenant": tenant, "room": room, "user": user, "call": call_id},
         )
-    ).all()
-    return Snapshot(call, list(parts))
+    ).fetchall()
+    people = [_participant(r[2:]) for r in rows if r[2] is not None]
+    return Loaded(now, _policy(policy_row), _call(call_row, people), rows[0][0], rows[0][1])
 
 
-async def update_call(conn: AsyncConnection, call_id: str, **values: Any) -> None:
-    await conn.execute(update(CALLS).where(CALLS.c.id == call_id).values(**values))
+async def load_for_update(
+    conn: AsyncConnection[Any], *, tenant: str, room: str, call: str, user: str, lock: bool = True
+) -> Loaded:
+    """The tenant's policy, the call (row-locked when `lock`) and its participants, and
+    whether `user` is a member of the room; two round trips."""
+    params = {"tenant": tenant, "room": room, "call": call}
+    head = await (await conn.execute(LOCK_CALL if lock else READ_CALL, params)).fetchone()
+    if head is None:  # no such tenant: treated as calls disabled
+        return Loaded(datetime.min, None, None, False, False)
+    return await _with_participants(conn, head, tenant=tenant, room=room, user=user)
 
 
-async def add_participants(
-    conn: AsyncConnection, *, tenant_id: str, call_id: str, joined: list[str], invited: list[str]
-) -> None:
-    rows = [
-        {
-            "call_id": call_id,
-            "user_id": u,
-            "tenant_id": tenant_id,
-            "state": "joined",
-            "ever_joined": True,
-        }
-        for u in joined
-    ] + [
-        {
-            "call_id": call_id,
-            "user_id": u,
-            "tenant_id": tenant_id,
-            "state": "invited",
-            "ever_joined": False,
-        }
-        for u in invited
-    ]
-    if not rows:
-        return
-    now = func.now()
-    stmt = pg_insert(PARTICIPANTS).values(
-        [{**r, "joined_at": now if r["state"] == "joined" else None} for r in rows]
-    )
-    await conn.execute(stmt.on_conflict_do_nothing())
+async def lock_live_call(
+    conn: AsyncConnection[Any], *, tenant: str, room: str, user: str
+) -> Loaded:
+    head = await (await conn.execute(LOCK_LIVE_CALL, {"tenant": tenant, "room": room})).fetchone()
+    return await _with_participants(conn, head, tenant=tenant, room=room, user=user)
 
 
-async def set_joined(conn: AsyncConnection, *, tenant_id: str, call_id: str, user_id: str) -> None:
-    """Joins (or rejoins) a user; a user added to the room after the call started gets a row."""
-    stmt = pg_insert(PARTICIPANTS).values(
-        call_id=call_id,
-        user_id=user_id,
-        tenant_id=tenant_id,
-        state="joined",
-        joined_at=func.now(),
-        ever_joined=True,
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[PARTICIPANTS.c.call_id, PARTICIPANTS.c.user_id],
-        set_={"state": "joined", "joined_at": func.now(), "left_at": None, "ever_joined": True},
-    )
-    await conn.execute(stmt)
+async def start_context(conn: AsyncConnection[Any], *, tenant: str, room: str) -> StartContext:
+    row = await (await conn.execute(START_CONTEXT, {"tenant": tenant, "room": room})).fetchone()
+    assert row is not None
+    return StartContext(row[0], _policy(row[1:5]), row[5], list(row[6]), row[7])
 
 
-async def set_state(conn: AsyncConnection, *, call_id: str, user_id: str, state: str) -> None:
-    values: dict[str, Any] = {"state": state}
-    if state == "left":
-        values["left_at"] = func.now()
-    await conn.execute(
-        update(PARTICIPANTS)
-        .where(PARTICIPANTS.c.call_id == call_id, PARTICIPANTS.c.user_id == user_id)
-        .values(**values)
-    )
-
-
-async def leave_all(conn: AsyncConnection, *, call_id: str) -> None:
-    await conn.execute(
-        update(PARTICIPANTS)
-        .where(PARTICIPANTS.c.call_id == call_id, PARTICIPANTS.c.state == "joined")
-        .values(state="left", left_at=func.now())
-    )
-
-
-async def lock_due_ringing(conn: AsyncConnection, limit: int) -> list[Row[Any]]:
+async def lock_due_ringing(conn: AsyncConnection[Any], limit: int) -> tuple[datetime, list[Call]]:
     """Ringing calls past their deadline; SKIP LOCKED lets replicas share the sweep."""
-    stmt = (
-        select(CALLS)
-        .where(CALLS.c.status == "ringing", CALLS.c.ring_deadline <= func.now())
-        .order_by(CALLS.c.ring_deadline)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return list((await conn.execute(stmt)).all())
+    heads = await (await conn.execute(DUE_RINGING, {"limit": limit})).fetchall()
+    if not heads:
+        return datetime.min, []
+    calls = await _attach_participants(conn, [h[1:] for h in heads])
+    return heads[0][0], calls
 
 
-async def lock_pending_cleanups(conn: AsyncConnection, limit: int) -> list[Row[Any]]:
-    stmt = (
-        select(CALLS.c.id, CALLS.c.livekit_room)
-        .where(CALLS.c.livekit_cleanup_pending)
-        .order_by(CALLS.c.ended_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+async def lock_by_media_room(
+    conn: AsyncConnection[Any], livekit_room: str
+) -> tuple[datetime, Call | None]:
+    head = await (await conn.execute(LOCK_BY_MEDIA_ROOM, {"livekit_room": livekit_room})).fetchone()
+    if head is None:
+        return datetime.min, None
+    [call] = await _attach_participants(conn, [head[1:]])
+    return head[0], call
+
+
+async def _attach_participants(
+    conn: AsyncConnection[Any], call_rows: list[Sequence[Any]]
+) -> list[Call]:
+    ids = [r[0] for r in call_rows]
+    people: dict[str, list[Participant]] = {i: [] for i in ids}
+    for row in await (await conn.execute(PARTICIPANTS_OF, {"calls": ids})).fetchall():
+        people[row[0]].append(_participant(row[1:]))
+    calls = [_call(r, people[r[0]]) for r in call_rows]
+    return [c for c in calls if c is not None]
+
+
+async def lock_pending_cleanups(conn: AsyncConnection[Any], limit: int) -> list[tuple[str, str]]:
+    rows = await (await conn.execute(PENDING_CLEANUPS, {"limit": limit})).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+async def mark_cleaned(conn: AsyncConnection[Any], call_ids: list[str]) -> None:
+    await conn.execute(CLEANED, {"calls": call_ids})
+
+
+# --- writes ---------------------------------------------------------------------------
+
+
+def outbox_rows(
+    call: Call, call_pb: Any, events: Iterable[Event], now: datetime
+) -> tuple[list[str], list[str], list[bytes]]:
+    """Each event as outbox rows (id, subject, payload); large audiences in parts.
+
+    The parts of one event share its event id (webhooks de-duplicate on it, so a
+    tenant gets one delivery); each part has its own row id, the NATS message id.
+    """
+    ids: list[str] = []
+    subjects: list[str] = []
+    payloads: list[bytes] = []
+    for e in events:
+        event = events_pb2.CallEvent(
+            id=new_id("evt"), type=e.type, tenant_id=call.tenant_id, user_id=e.actor, call=call_pb
+        )
+        event.occurred_at.FromDatetime(now)
+        recipients = sorted(set(e.recipients))
+        chunks = [
+            recipients[i : i + RECIPIENTS_PER_MESSAGE]
+            for i in range(0, len(recipients), RECIPIENTS_PER_MESSAGE)
+        ] or [[]]
+        for part, chunk in enumerate(chunks):
+            del event.recipient_user_ids[:]
+            event.recipient_user_ids.extend(chunk)
+            ids.append(event.id if part == 0 else f"{event.id}.{part}")
+            subjects.append(subject(call.tenant_id, e.type))
+            payloads.append(event.SerializeToString())
+    return ids, subjects, payloads
+
+
+def _participant_params(people: Sequence[Participant]) -> dict[str, list[Any]]:
+    return {
+        "p_user": [p.user_id for p in people],
+        "p_state": [p.state for p in people],
+        "p_joined": [p.joined_at for p in people],
+        "p_left": [p.left_at for p in people],
+        "p_ever": [p.ever_joined for p in people],
+    }
+
+
+def _write_params(
+    before: Call | None, change: Change, call_pb: Any, now: datetime
+) -> dict[str, Any]:
+    call = change.call
+    ids, subjects, payloads = outbox_rows(call, call_pb, change.events, now)
+    ended_now = call.status == "ended" and (before is None or before.status != "ended")
+    return {
+        "id": call.id,
+        "tenant": call.tenant_id,
+        "room": call.room_id,
+        "o_id": ids,
+        "o_subject": subjects,
+        "o_payload": payloads,
+        "h_write": ended_now,
+        "h_id": new_id("msg"),
+        "h_sender": call.created_by,
+        "h_parts": Jsonb(history.parts(call)) if ended_now else None,
+        "ended_now": ended_now,
+    }
+
+
+async def insert_call(
+    conn: AsyncConnection[Any], change: Change, call_pb: Any, now: datetime
+) -> bool:
+    """Writes a new call with its participants and events; False when the room's live
+    call slot was taken first (then nothing is written)."""
+    call = change.call
+    params = _write_params(None, change, call_pb, now)
+    params.update(_participant_params(call.participants))
+    params.update(
+        type=call.type,
+        mode=call.mode,
+        status=call.status,
+        created_by=call.created_by,
+        created_at=call.created_at,
+        ring_timeout_seconds=call.ring_timeout_seconds,
+        livekit_room=call.livekit_room,
+        ring_deadline=call.ring_deadline,
     )
-    return list((await conn.execute(stmt)).all())
+    return await (await conn.execute(INSERT_CALL, params)).fetchone() is not None
+
+
+async def save(
+    conn: AsyncConnection[Any], before: Call, change: Change, call_pb: Any, now: datetime
+) -> None:
+    """Persists a transition of a locked call in one statement (none for a no-op)."""
+    call = change.call
+    old = {p.user_id: p for p in before.participants}
+    changed = [p for p in call.participants if old.get(p.user_id) != p]
+    call_changed = _lifecycle(call) != _lifecycle(before)
+    if not (changed or call_changed or change.events):
+        return
+    params = _write_params(before, change, call_pb, now)
+    params.update(_participant_params(changed))
+    params.update(
+        status=call.status,
+        answered_at=call.answered_at,
+        ended_at=call.ended_at,
+        end_reason=call.end_reason,
+        ring_deadline=call.ring_deadline,
+        call_changed=call_changed,
+    )
+    await conn.execute(SAVE, params)
+
+
+def _lifecycle(call: Call) -> tuple[Any, ...]:
+    """The call row's columns a transition may change."""
+    return (call.status, call.answered_at, call.ended_at, call.end_reason, call.ring_deadline)

@@ -16,14 +16,19 @@ from services.common.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def libpq_options() -> str:
+    """Server settings for every connection of ours (SQLAlchemy's and plain psycopg's)."""
+    # Our own statements are short; a stuck lock must not hold a request forever.
+    return "-c lock_timeout=5000 -c statement_timeout=15000"
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
         settings.sqlalchemy_url,
         pool_size=settings.DB_POOL_SIZE,
         max_overflow=settings.DB_POOL_SIZE,
         pool_pre_ping=True,
-        # Our own statements are short; a stuck lock must not hold a request forever.
-        connect_args={"options": "-c lock_timeout=5000 -c statement_timeout=15000"},
+        connect_args={"options": libpq_options()},
     )
 
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import auth
+from services.common import auth, workers
 from services.common.db import create_engine, wait_for_database
 from services.common.interceptors import Authenticator, RpcInterceptor
 from services.common.logging import configure_logging
@@ -125,4 +126,7 @@ async def _supervise(job: Callable[[], Awaitable[None]]) -> None:
 def main(service: str, build: Callable[[Settings, AsyncEngine], Awaitable[ServiceParts]]) -> None:
     settings = load_settings(SERVICE_NAME=service)
     configure_logging(service, settings.LOG_LEVEL)
-    asyncio.run(serve(settings, build))
+    if settings.WORKERS > 1:
+        raise SystemExit(workers.supervise(settings))
+    # uvloop: a faster event loop for every service (grpc.aio runs on it).
+    uvloop.run(serve(settings, build))

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     GRPC_PORT: int = Field(default=50051, ge=0, le=65535)
     METRICS_PORT: int = Field(default=0, ge=0, le=65535)
     SHUTDOWN_GRACE_SECONDS: float = 5.0
+    # Worker processes of a gRPC service; worker i serves on GRPC_PORT + i.
+    WORKERS: int = Field(default=1, ge=1, le=64)
 
     SESSION_SIGNING_KEY: str = Field(default=DEV_SESSION_KEY, min_length=32)
     SESSION_DEFAULT_TTL_SECONDS: int = 3600

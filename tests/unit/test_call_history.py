@@ -1,9 +1,8 @@
-"""Call-history records: outcome and the data-call record built from hand-made call rows."""
+"""Call-history records: outcome and the data-call record built from hand-made calls."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,12 +10,12 @@ from google.protobuf import json_format
 from sendsar.chat.v1 import chat_pb2
 
 from services.calls import history
-from services.calls.store import Snapshot
+from services.calls.domain import COMPLETED, DECLINED, MISSED, Call, Participant, outcome
 
 T0 = datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)
 
 
-def call(**overrides: Any) -> SimpleNamespace:
+def call(**overrides: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": "call_" + "a" * 32,
         "tenant_id": "tn_1",
@@ -30,13 +29,14 @@ def call(**overrides: Any) -> SimpleNamespace:
         "ended_at": T0 + timedelta(seconds=45),
         "end_reason": "timeout",
         "ring_timeout_seconds": 45,
+        "livekit_room": "call_" + "a" * 32,
     }
     row.update(overrides)
-    return SimpleNamespace(**row)
+    return row
 
 
-def person(user_id: str, state: str = "left", ever_joined: bool = True) -> SimpleNamespace:
-    return SimpleNamespace(
+def person(user_id: str, state: Any = "left", ever_joined: bool = True) -> Participant:
+    return Participant(
         user_id=user_id,
         state=state,
         ever_joined=ever_joined,
@@ -45,13 +45,13 @@ def person(user_id: str, state: str = "left", ever_joined: bool = True) -> Simpl
     )
 
 
-def snap(row: SimpleNamespace, *people: SimpleNamespace) -> Snapshot:
+def snap(row: dict[str, Any], *people: Participant) -> Call:
     if not people:
         people = (person("alice"), person("bob", state="invited", ever_joined=False))
-    return Snapshot(row, list(people))  # type: ignore[arg-type]
+    return Call(**row, participants=people)
 
 
-def answered(seconds: float, **overrides: Any) -> Snapshot:
+def answered(seconds: float, **overrides: Any) -> Call:
     answered_at = T0 + timedelta(seconds=3)
     values: dict[str, Any] = {
         "answered_at": answered_at,
@@ -66,29 +66,29 @@ def answered(seconds: float, **overrides: Any) -> Snapshot:
 
 
 def test_an_answered_call_is_completed() -> None:
-    assert history.outcome(answered(30)) == history.COMPLETED == "completed"
+    assert outcome(answered(30)) == COMPLETED == "completed"
 
 
 @pytest.mark.parametrize("reason", ["timeout", "cancelled", "no_answer", "hangup", "all_left"])
 def test_an_unanswered_call_is_missed_whatever_ended_it(reason: str) -> None:
-    assert history.outcome(snap(call(end_reason=reason))) == history.MISSED == "missed"
+    assert outcome(snap(call(end_reason=reason))) == MISSED == "missed"
 
 
 def test_a_declined_call_is_declined() -> None:
     row = call(end_reason="declined")
     decliner = person("bob", state="declined", ever_joined=False)
-    assert history.outcome(snap(row, person("alice"), decliner)) == history.DECLINED == "declined"
+    assert outcome(snap(row, person("alice"), decliner)) == DECLINED == "declined"
 
 
 @pytest.mark.parametrize("reason", ["hangup", "all_left", "media_ended"])
 def test_an_answered_call_is_completed_whatever_ended_it(reason: str) -> None:
-    assert history.outcome(answered(10, end_reason=reason)) == history.COMPLETED
+    assert outcome(answered(10, end_reason=reason)) == COMPLETED
 
 
 def test_a_group_call_nobody_answered_is_missed() -> None:
     row = call(mode="group", status="ended", end_reason="all_left")
     people = (person("alice"), person("bob", "invited", False), person("carol", "declined", False))
-    assert history.outcome(snap(row, *people)) == history.MISSED
+    assert outcome(snap(row, *people)) == MISSED
 
 
 # --- record ------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_a_group_call_nobody_answered_is_missed() -> None:
 def test_record_of_a_completed_call() -> None:
     s = answered(42.4, type="audio")
     rec = history.record(s)
-    assert rec.call_id == s.call.id
+    assert rec.call_id == s.id
     assert (rec.type, rec.mode, rec.outcome, rec.end_reason) == (
         "audio",
         "direct",

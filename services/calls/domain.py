@@ -1,0 +1,364 @@
+"""The call state machine as pure functions: no I/O, no SQL, no clock.
+
+Each transition takes the state loaded under the call's row lock (the call, the
+tenant's call policy, the caller's membership) and the database's `now`, and returns
+a `Change`: the call as it is afterwards plus the events to emit. A refusal raises
+`ServiceError` with its stable reason. The store persists a Change; the unit of work
+(transitions.py) runs load → apply → save → after-commit jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from services.common import events
+from services.common.errors import ServiceError, conflict, forbidden, invalid, not_found
+
+Status = Literal["ringing", "active", "ended"]
+Mode = Literal["direct", "group"]
+State = Literal["invited", "joined", "declined", "left"]
+
+LIVE: tuple[Status, ...] = ("ringing", "active")
+# Reasons a caller may give when ending a ringing 1:1 call.
+CALLER_END_REASONS = ("cancelled", "no_answer")
+
+COMPLETED, MISSED, DECLINED = "completed", "missed", "declined"
+
+
+@dataclass(frozen=True)
+class Participant:
+    user_id: str
+    state: State
+    joined_at: datetime | None = None
+    left_at: datetime | None = None
+    ever_joined: bool = False
+
+
+@dataclass(frozen=True)
+class Call:
+    id: str
+    tenant_id: str
+    room_id: str
+    type: str
+    mode: Mode
+    status: Status
+    created_by: str
+    created_at: datetime
+    ring_timeout_seconds: int
+    livekit_room: str
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    ring_deadline: datetime | None = None
+    # Participants in user-id order.
+    participants: tuple[Participant, ...] = ()
+
+    def participant(self, user_id: str) -> Participant | None:
+        return next((p for p in self.participants if p.user_id == user_id), None)
+
+    def user_ids(self) -> list[str]:
+        return [p.user_id for p in self.participants]
+
+    def joined(self) -> list[str]:
+        return [p.user_id for p in self.participants if p.state == "joined"]
+
+    @property
+    def live(self) -> bool:
+        return self.status != "ended"
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """The tenant's call settings in force for this transition."""
+
+    enabled: bool
+    max_participants: int
+    ring_timeout_seconds: int
+    default_type: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    actor: str  # the user whose action or state the event is about
+    recipients: tuple[str, ...]  # users whose sockets receive it
+
+
+@dataclass
+class Change:
+    """What a transition did: the call afterwards and the events to write with it."""
+
+    call: Call
+    events: list[Event] = field(default_factory=list)
+    # The caller gets this error although the change stands (e.g. a too-late answer
+    # that ended the call as missed): raised after commit.
+    refusal: ServiceError | None = None
+    # Users to disconnect from the media room after commit.
+    kicked: list[str] = field(default_factory=list)
+
+
+# --- guards -------------------------------------------------------------------------
+
+
+def require_enabled(policy: CallPolicy | None) -> CallPolicy:
+    if policy is None or not policy.enabled:
+        raise forbidden("CALLS_DISABLED", "calls are disabled for this account")
+    return policy
+
+
+def require_member(room_exists: bool, is_member: bool) -> None:
+    if not room_exists:
+        raise not_found("ROOM_NOT_FOUND", "room not found")
+    if not is_member:
+        raise forbidden("NOT_ROOM_MEMBER", "you are not a member of this room")
+
+
+def require_live(call: Call | None) -> Call:
+    if call is None:
+        raise not_found("CALL_NOT_FOUND", "call not found in this room")
+    if call.status == "ended":
+        raise conflict("CALL_ENDED", "the call has ended")
+    return call
+
+
+def end_reason(reason: str | None) -> str | None:
+    """Validates the reason a caller gives with `end` (before anything is loaded)."""
+    if reason is not None and reason not in CALLER_END_REASONS:
+        raise invalid("reason", "must be 'cancelled' or 'no_answer'", reason="INVALID_END_REASON")
+    return reason
+
+
+def _not_participant() -> ServiceError:
+    return forbidden("NOT_CALL_PARTICIPANT", "this 1:1 call is between two other users")
+
+
+# --- small state edits ------------------------------------------------------------------
+
+
+def _set(call: Call, user_id: str, state: State, now: datetime) -> Call:
+    """The call with one participant moved to `state` (added when new, e.g. a late member)."""
+    old = call.participant(user_id) or Participant(user_id, "invited")
+    if state == "joined":
+        new = replace(old, state=state, joined_at=now, left_at=None, ever_joined=True)
+    elif state == "left":
+        new = replace(old, state=state, left_at=now)
+    else:
+        new = replace(old, state=state)
+    rest = [p for p in call.participants if p.user_id != user_id]
+    return replace(call, participants=tuple(sorted([*rest, new], key=lambda p: p.user_id)))
+
+
+def outcome(call: Call) -> str:
+    """The history outcome of an ended call."""
+    if call.end_reason == "declined":
+        return DECLINED
+    return COMPLETED if call.answered_at is not None else MISSED
+
+
+def _finish(
+    call: Call, reason: str, actor: str, now: datetime, events_before: Sequence[Event] = ()
+) -> Change:
+    """Ends the call for everyone: every joined participant leaves, history is written."""
+    people = tuple(
+        replace(p, state="left", left_at=now) if p.state == "joined" else p
+        for p in call.participants
+    )
+    ended = replace(
+        call,
+        status="ended",
+        ended_at=now,
+        end_reason=reason,
+        ring_deadline=None,
+        participants=people,
+    )
+    everyone = tuple(ended.user_ids())
+    emitted = list(events_before)
+    if reason == "declined":
+        emitted.append(Event(events.DECLINED, actor, everyone))
+    if outcome(ended) == MISSED:
+        emitted.append(Event(events.MISSED, actor, everyone))
+    emitted.append(Event(events.ENDED, actor, everyone))
+    return Change(ended, emitted)
+
+
+# --- transitions ------------------------------------------------------------------------
+
+
+def new_call(
+    *,
+    call_id: str,
+    tenant_id: str,
+    room_id: str,
+    members: Sequence[str],
+    user_id: str,
+    call_type: str | None,
+    policy: CallPolicy,
+    now: datetime,
+) -> Change:
+    """A call in a room with no live call: 1:1 rings, a group is active at once."""
+    if len(members) < 2:
+        raise conflict("ROOM_TOO_SMALL", "a call needs a room with at least two members")
+    direct = len(members) == 2
+    others = tuple(m for m in members if m != user_id)
+    people = sorted(
+        [Participant(user_id, "joined", joined_at=now, ever_joined=True)]
+        + [Participant(u, "invited") for u in others],
+        key=lambda p: p.user_id,
+    )
+    call = Call(
+        id=call_id,
+        tenant_id=tenant_id,
+        room_id=room_id,
+        type=call_type or policy.default_type,
+        mode="direct" if direct else "group",
+        status="ringing" if direct else "active",
+        created_by=user_id,
+        created_at=now,
+        ring_timeout_seconds=policy.ring_timeout_seconds,
+        ring_deadline=now + timedelta(seconds=policy.ring_timeout_seconds) if direct else None,
+        livekit_room=call_id,  # one LiveKit room per call, never reused
+        participants=tuple(people),
+    )
+    return Change(
+        call,
+        [Event(events.STARTED, user_id, ()), Event(events.INVITE, user_id, others)],
+    )
+
+
+def join_live(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
+    """Start in a room that has a live call: rejoin it, or accept it as the callee (glare)."""
+    if call.mode == "direct" and call.status == "ringing":
+        if user_id == call.created_by:
+            return Change(call)  # the caller's other device
+        return _answer(call, user_id, now)
+    return _join(call, user_id, policy, now)
+
+
+def _answer(call: Call, user_id: str, now: datetime) -> Change:
+    if call.participant(user_id) is None:  # e.g. added to the room while it rang
+        raise _not_participant()
+    if call.ring_deadline is not None and call.ring_deadline <= now:
+        # The sweep has not reached it yet: too late all the same; the deadline is the rule.
+        change = _finish(call, "timeout", call.created_by, now)
+        change.refusal = conflict("CALL_ENDED", "the call has ended")
+        return change
+    answered = _set(
+        replace(call, status="active", answered_at=now, ring_deadline=None), user_id, "joined", now
+    )
+    return Change(answered, [Event(events.ACCEPTED, user_id, tuple(answered.user_ids()))])
+
+
+def _join(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
+    participant = call.participant(user_id)
+    if participant is not None and participant.state == "joined":
+        return Change(call)  # idempotent: another device, or a retry
+    if call.mode == "direct" and participant is None:
+        raise _not_participant()
+    if len(call.joined()) >= policy.max_participants:
+        raise conflict(
+            "CALL_FULL", f"the call has reached its {policy.max_participants} participants"
+        )
+    joined = _set(call, user_id, "joined", now)
+    if joined.answered_at is None and user_id != call.created_by:
+        joined = replace(joined, answered_at=now)
+    return Change(joined, [Event(events.PARTICIPANT_JOINED, user_id, tuple(joined.user_ids()))])
+
+
+def accept(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
+    if call.mode == "direct":
+        if user_id == call.created_by:
+            raise conflict("CANNOT_ACCEPT_OWN_CALL", "you started this call")
+        if call.status == "ringing":
+            return _answer(call, user_id, now)
+    return _join(call, user_id, policy, now)
+
+
+def decline(call: Call, user_id: str, now: datetime) -> Change:
+    participant = call.participant(user_id)
+    if call.mode == "direct":
+        if user_id == call.created_by:
+            raise conflict(
+                "CANNOT_DECLINE_OWN_CALL", "you started this call; end it with reason 'cancelled'"
+            )
+        if participant is None:
+            raise _not_participant()
+        if call.status != "ringing":
+            raise conflict("CALL_NOT_RINGING", "the call was already answered; end it instead")
+        return _finish(_set(call, user_id, "declined", now), "declined", user_id, now)
+    # Group: only this user's invitation; their other devices stop ringing.
+    if participant is not None and participant.state == "joined":
+        raise conflict("ALREADY_JOINED", "you are in this call; leave it instead")
+    declined = _set(call, user_id, "declined", now) if participant is not None else call
+    return Change(declined, [Event(events.DECLINED, user_id, (user_id,))])
+
+
+def end(call: Call, user_id: str, reason: str | None, now: datetime) -> Change:
+    if call.mode == "group":
+        if user_id != call.created_by:
+            raise forbidden(
+                "NOT_CALL_CREATOR", "only the call's creator can end it for everyone; use leave"
+            )
+        return _finish(call, "hangup", user_id, now)
+    if call.participant(user_id) is None:
+        raise forbidden("NOT_CALL_PARTICIPANT", "you are not in this call")
+    if call.status == "ringing":
+        if user_id != call.created_by:  # the callee hanging up a ringing call declines it
+            return _finish(_set(call, user_id, "declined", now), "declined", user_id, now)
+        return _finish(call, reason or "cancelled", user_id, now)
+    return _finish(call, "hangup", user_id, now)
+
+
+def leave(call: Call, user_id: str, now: datetime) -> Change:
+    participant = call.participant(user_id)
+    if participant is None or participant.state != "joined":
+        raise conflict("NOT_IN_CALL", "you have not joined this call")
+    return _leave(call, user_id, now)
+
+
+def _leave(call: Call, user_id: str, now: datetime) -> Change:
+    if call.mode == "direct":  # a 1:1 call cannot go on with one side gone
+        return _finish(call, "cancelled" if call.status == "ringing" else "hangup", user_id, now)
+    left = _set(call, user_id, "left", now)
+    event = Event(events.PARTICIPANT_LEFT, user_id, tuple(left.user_ids()))
+    if not left.joined():
+        return _finish(left, "all_left", user_id, now, events_before=[event])
+    return Change(left, [event], kicked=[user_id])
+
+
+def expire(call: Call, now: datetime) -> Change:
+    """The ring deadline passed with nobody answering."""
+    return _finish(call, "timeout", call.created_by, now)
+
+
+def media_left(call: Call, user_id: str, session_started: datetime | None, now: datetime) -> Change:
+    """LiveKit says a participant's media session ended: a leave, unless it is stale."""
+    participant = call.participant(user_id)
+    if call.status == "ended" or participant is None or participant.state != "joined":
+        return Change(call)
+    # A media session that began before the user's latest join is an old one (a late or
+    # redelivered webhook): its end says nothing about the current one.
+    if (
+        session_started is not None
+        and participant.joined_at is not None
+        and session_started < participant.joined_at
+    ):
+        return Change(call)
+    return _leave(call, user_id, now)
+
+
+def media_ended(call: Call, now: datetime) -> Change:
+    """LiveKit finished the media room."""
+    if call.status == "ended":
+        return Change(call)
+    return _finish(call, "media_ended", call.created_by, now)
+
+
+def token_holder(call: Call, user_id: str) -> Call:
+    """Only a current participant gets a fresh media token."""
+    participant = call.participant(user_id)
+    if participant is None or participant.state != "joined":
+        raise forbidden("NOT_CALL_PARTICIPANT", "only a current participant can get a media token")
+    return call

@@ -1,0 +1,53 @@
+"""Background sweeps of the calls service: ring deadlines and LiveKit room clean-up.
+
+Every replica (and every worker process) runs them; `FOR UPDATE SKIP LOCKED` shares the
+due rows out, so each expiry and each clean-up happens once, on whichever process is
+alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from services.calls import domain, store
+from services.calls.domain import Call, Change
+from services.calls.media import Media
+from services.calls.transitions import CallTransitions
+from services.common.logging import log_fields
+
+log = logging.getLogger(__name__)
+
+
+async def expire_ringing(calls: CallTransitions, limit: int = 50) -> int:
+    """Ends ringing calls past their deadline as missed (`timeout`)."""
+    done: list[tuple[Call, Change]] = []
+    async with calls.transaction() as conn:
+        now, due = await store.lock_due_ringing(conn, limit)
+        for call in due:
+            change = domain.expire(call, now)
+            await calls.save(conn, call, change, now)
+            done.append((call, change))
+    for call, change in done:
+        calls.after_commit(call, change)
+    return len(done)
+
+
+async def clean_media_rooms(calls: CallTransitions, media: Media, limit: int = 20) -> None:
+    """Retries LiveKit room deletion for ended calls until LiveKit confirms."""
+    async with calls.transaction() as conn:
+        cleaned: list[str] = []
+        for call_id, livekit_room in await store.lock_pending_cleanups(conn, limit):
+            if not await media.delete_room(livekit_room):
+                break  # LiveKit unreachable: try again on the next sweep
+            cleaned.append(call_id)
+        if cleaned:
+            await store.mark_cleaned(conn, cleaned)
+            log.info("media rooms removed", extra=log_fields(count=len(cleaned)))
+
+
+async def every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+    while True:
+        await job()
+        await asyncio.sleep(seconds)

@@ -1,0 +1,215 @@
+"""The unit of work around the pure call rules: load under lock → apply → save → after
+commit. One transaction per request; LiveKit is only ever called after commit, so a
+slow media server never holds a row lock or delays the response."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from sendsar.calls.v1 import calls_pb2 as pb
+
+from services.calls import domain, store
+from services.calls.convert import call_to_pb
+from services.calls.domain import Call, CallPolicy, Change
+from services.calls.media import Media, MediaSignal
+from services.common.errors import UNAVAILABLE
+from services.common.logging import call_id_var
+from services.common.models import new_id
+
+Rule = Callable[[Call, CallPolicy, datetime], Change]
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A transition's result: the call afterwards and its protobuf, built once."""
+
+    call: Call
+    message: pb.Call
+
+
+class CallTransitions:
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], media: Media) -> None:
+        self.pool = pool
+        self.media = media
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    async def save(
+        self, conn: AsyncConnection[Any], before: Call, change: Change, now: datetime
+    ) -> Applied:
+        message = call_to_pb(change.call)
+        await store.save(conn, before, change, message, now)
+        return Applied(change.call, message)
+
+    def after_commit(self, before: Call | None, change: Change) -> None:
+        """LiveKit work of a committed change, in the background (never delays the reply)."""
+        call = change.call
+        if call.status == "ended" and (before is None or before.status != "ended"):
+            self._spawn(self._remove_media_room(call))
+        for user_id in change.kicked:
+            self._spawn(self.media.remove_participant(call.livekit_room, user_id))
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(job)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def _remove_media_room(self, call: Call) -> None:
+        if await self.media.delete_room(call.livekit_room):
+            async with self.transaction() as conn:
+                await store.mark_cleaned(conn, [call.id])
+
+    async def drain(self) -> None:
+        if self._jobs:
+            await asyncio.wait(self._jobs, timeout=5)
+
+    def _finish(self, before: Call | None, change: Change, applied: Applied) -> Applied:
+        self.after_commit(before, change)
+        if change.refusal is not None:
+            raise change.refusal
+        return applied
+
+    # --- reads ------------------------------------------------------------------------
+
+    async def active(self, *, tenant: str, room: str, user: str) -> Applied | None:
+        async with self.pool.connection() as conn:
+            ctx = await store.start_context(conn, tenant=tenant, room=room)
+            domain.require_member(ctx.room_exists, user in ctx.members)
+            if ctx.live_call_id is None:
+                return None
+            loaded = await store.load_for_update(
+                conn, tenant=tenant, room=room, call=ctx.live_call_id, user=user, lock=False
+            )
+        if loaded.call is None or not loaded.call.live:
+            return None  # ended between the two reads
+        return Applied(loaded.call, call_to_pb(loaded.call))
+
+    async def token_holder(self, *, tenant: str, room: str, call: str, user: str) -> Applied:
+        async with self.pool.connection() as conn:
+            loaded = await store.load_for_update(
+                conn, tenant=tenant, room=room, call=call, user=user, lock=False
+            )
+        domain.require_enabled(loaded.policy)
+        domain.require_member(loaded.room_exists, loaded.is_member)
+        found = domain.token_holder(domain.require_live(loaded.call), user)
+        call_id_var.set(found.id)
+        return Applied(found, call_to_pb(found))
+
+    # --- transitions ------------------------------------------------------------------
+
+    async def start(self, *, tenant: str, room: str, user: str, call_type: str | None) -> Applied:
+        async with self.transaction() as conn:
+            ctx = await store.start_context(conn, tenant=tenant, room=room)
+            policy = domain.require_enabled(ctx.policy)
+            domain.require_member(ctx.room_exists, user in ctx.members)
+            live_call_id = ctx.live_call_id
+            # Insert-or-join, retried: the live call we collided with may end in between.
+            for _ in range(5):
+                if live_call_id is None:
+                    change = domain.new_call(
+                        call_id=new_id("call"),
+                        tenant_id=tenant,
+                        room_id=room,
+                        members=ctx.members,
+                        user_id=user,
+                        call_type=call_type,
+                        policy=policy,
+                        now=ctx.now,
+                    )
+                    message = call_to_pb(change.call)
+                    if await store.insert_call(conn, change, message, ctx.now):
+                        call_id_var.set(change.call.id)
+                        return Applied(change.call, message)
+                loaded = await store.lock_live_call(conn, tenant=tenant, room=room, user=user)
+                if loaded.call is not None:
+                    call_id_var.set(loaded.call.id)
+                    domain.require_member(loaded.room_exists, loaded.is_member)
+                    change = domain.join_live(loaded.call, user, policy, loaded.now)
+                    applied = await self.save(conn, loaded.call, change, loaded.now)
+                    break
+                live_call_id = None
+            else:
+                raise UNAVAILABLE
+        return self._finish(loaded.call, change, applied)
+
+    async def _on_call(
+        self, *, tenant: str, room: str, call: str, user: str, rule: Rule
+    ) -> Applied:
+        """A transition of one live call by one room member."""
+        async with self.transaction() as conn:
+            loaded = await store.load_for_update(
+                conn, tenant=tenant, room=room, call=call, user=user
+            )
+            policy = domain.require_enabled(loaded.policy)
+            domain.require_member(loaded.room_exists, loaded.is_member)
+            before = domain.require_live(loaded.call)
+            call_id_var.set(before.id)
+            change = rule(before, policy, loaded.now)
+            applied = await self.save(conn, before, change, loaded.now)
+        return self._finish(before, change, applied)
+
+    async def accept(self, *, tenant: str, room: str, call: str, user: str) -> Applied:
+        return await self._on_call(
+            tenant=tenant,
+            room=room,
+            call=call,
+            user=user,
+            rule=lambda c, policy, now: domain.accept(c, user, policy, now),
+        )
+
+    async def decline(self, *, tenant: str, room: str, call: str, user: str) -> Applied:
+        return await self._on_call(
+            tenant=tenant,
+            room=room,
+            call=call,
+            user=user,
+            rule=lambda c, _, now: domain.decline(c, user, now),
+        )
+
+    async def end(
+        self, *, tenant: str, room: str, call: str, user: str, reason: str | None
+    ) -> Applied:
+        reason = domain.end_reason(reason)
+        return await self._on_call(
+            tenant=tenant,
+            room=room,
+            call=call,
+            user=user,
+            rule=lambda c, _, now: domain.end(c, user, reason, now),
+        )
+
+    async def leave(self, *, tenant: str, room: str, call: str, user: str) -> Applied:
+        return await self._on_call(
+            tenant=tenant,
+            room=room,
+            call=call,
+            user=user,
+            rule=lambda c, _, now: domain.leave(c, user, now),
+        )
+
+    # --- driven by LiveKit ---------------------------------------------------------------
+
+    async def media_signal(self, signal: MediaSignal) -> None:
+        """Participant state follows the media room; the last one out (or room_finished) ends it."""
+        async with self.transaction() as conn:
+            now, call = await store.lock_by_media_room(conn, signal.livekit_room)
+            if call is None:
+                return
+            call_id_var.set(call.id)
+            if signal.room_finished:
+                change = domain.media_ended(call, now)
+            else:
+                change = domain.media_left(call, signal.identity, signal.session_started, now)
+            await self.save(conn, call, change, now)
+        self.after_commit(call, change)

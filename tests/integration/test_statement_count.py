@@ -1,0 +1,109 @@
+"""Each call transition sends at most 5 SQL statements between BEGIN and COMMIT.
+
+The transitions run in-process against the test stack's real PostgreSQL through the
+same store and unit of work the service uses; every statement psycopg sends goes
+through a counting cursor. A regression (a re-read after a write, one INSERT per
+event, a separate NOTIFY) fails here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg_pool import AsyncConnectionPool
+
+from services.calls.media import Media
+from services.calls.transitions import CallTransitions
+from services.common.db import libpq_options
+from services.common.settings import load_settings
+from tests.conftest import Tenant
+from tests.stack import Stack
+
+MAX_STATEMENTS = 5
+sent: list[str] = []
+
+
+class CountingCursor(AsyncCursor[Any]):
+    async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(str(query).split(None, 1)[0].upper())
+        return await super().execute(query, *args, **kwargs)
+
+
+@pytest.fixture
+async def calls(stack: Stack) -> AsyncIterator[CallTransitions]:
+    settings = load_settings(**{k: v for k, v in stack.env().items() if k.isupper()})
+    pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+        settings.libpq_url,
+        min_size=1,
+        max_size=2,
+        kwargs={"autocommit": True, "options": libpq_options(), "cursor_factory": CountingCursor},
+        open=False,
+    )
+    await pool.open(wait=True)
+    media = Media(settings)
+    transitions = CallTransitions(pool, media)
+    try:
+        yield transitions
+    finally:
+        await transitions.drain()
+        await media.close()
+        await pool.close()
+
+
+async def counted(step: Any) -> tuple[Any, int]:
+    sent.clear()
+    result = await step
+    return result, len(sent)
+
+
+async def test_direct_lifecycle_statement_counts(calls: CallTransitions, tenant: Tenant) -> None:
+    room = tenant.room("alice", "bob")
+    ids = {"tenant": tenant.tenant_id, "room": room}
+    started, n_start = await counted(calls.start(**ids, user="alice", call_type=None))
+    assert started.call.status == "ringing"
+    call = started.call.id
+    accepted, n_accept = await counted(calls.accept(**ids, call=call, user="bob"))
+    assert accepted.call.status == "active"
+    ended, n_end = await counted(calls.end(**ids, call=call, user="alice", reason=None))
+    assert ended.call.end_reason == "hangup"
+    assert max(n_start, n_accept, n_end) <= MAX_STATEMENTS, (n_start, n_accept, n_end)
+
+    again = await calls.start(**ids, user="alice", call_type="audio")
+    declined, n_decline = await counted(calls.decline(**ids, call=again.call.id, user="bob"))
+    assert declined.call.end_reason == "declined"
+    assert n_decline <= MAX_STATEMENTS, n_decline
+
+
+async def test_glare_start_statement_count(calls: CallTransitions, tenant: Tenant) -> None:
+    """The callee's start on a ringing call: the longest start (insert loses, then join)."""
+    room = tenant.room("alice", "bob")
+    ids = {"tenant": tenant.tenant_id, "room": room}
+    first = await calls.start(**ids, user="alice", call_type=None)
+    glare, n = await counted(calls.start(**ids, user="bob", call_type=None))
+    assert glare.call.id == first.call.id and glare.call.status == "active"
+    assert n <= MAX_STATEMENTS, n
+
+
+async def test_group_statement_counts(calls: CallTransitions, tenant: Tenant) -> None:
+    room = tenant.room("alice", "bob", "carol", "dave")
+    ids = {"tenant": tenant.tenant_id, "room": room}
+    started, n_start = await counted(calls.start(**ids, user="alice", call_type=None))
+    call = started.call.id
+    _, n_accept = await counted(calls.accept(**ids, call=call, user="bob"))
+    _, n_rejoin = await counted(calls.start(**ids, user="carol", call_type=None))
+    _, n_decline = await counted(calls.decline(**ids, call=call, user="dave"))
+    left, n_leave = await counted(calls.leave(**ids, call=call, user="bob"))
+    assert left.call.participant("bob").state == "left"
+    ended, n_end = await counted(calls.end(**ids, call=call, user="alice", reason=None))
+    assert ended.call.status == "ended"
+    counts = (n_start, n_accept, n_rejoin, n_decline, n_leave, n_end)
+    assert max(counts) <= MAX_STATEMENTS, counts
+
+
+async def test_the_counter_sees_every_statement(calls: CallTransitions, tenant: Tenant) -> None:
+    """Guards the guard: a read with no live call is exactly one SELECT, and is counted."""
+    room = tenant.room("alice", "bob")
+    _, n = await counted(calls.active(tenant=tenant.tenant_id, room=room, user="alice"))
+    assert n == 1 and sent == ["SELECT"]
