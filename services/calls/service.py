@@ -149,6 +149,9 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     async def media_cleanup() -> None:
         await sweeps.every(5.0, lambda: sweeps.clean_media_rooms(calls, media))
 
+    async def ended_rooms() -> None:
+        await sweeps.remove_ended_rooms(calls, media)
+
     async def relay_listen() -> None:
         await relay.listen(settings.libpq_url)
 
@@ -160,6 +163,6 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     name = pb.DESCRIPTOR.services_by_name["CallService"].full_name
     return ServiceParts(
         registrations=[Registration(add, name, POLICIES)],
-        background=[ring_timeouts, media_cleanup, relay.run, relay_listen],
+        background=[ring_timeouts, ended_rooms, media_cleanup, relay.run, relay_listen],
         closers=[close],
     )

@@ -3,16 +3,16 @@
 This is the hot path of every call transition, so it talks to PostgreSQL through
 psycopg directly rather than SQLAlchemy: every statement below is a fixed text (lists
 travel as arrays through `unnest`), which psycopg prepares on the server after a few
-uses, and no statement is compiled per request. A transition costs at most:
+uses, and no statement is compiled per request. A transition is at most:
 
-- load: the call row locked together with the tenant's policy (1 statement), then its
-  participants and the caller's membership, read after the lock is held (1 statement);
+- load: the call row locked together with the tenant's policy, then its participants
+  and the caller's membership (2 statements);
 - save: one statement whose CTEs update the call, upsert the changed participants,
   insert every outbox row, insert the history message and NOTIFY the relays.
 
-Reads that decide a transition happen after the lock: under READ COMMITTED each
-statement sees what was committed when it began, and a statement that waited for the
-lock began before the previous holder committed.
+Reads that decide a transition happen in a statement after the lock: under READ
+COMMITTED each statement sees what was committed when it began, and a statement that
+waited for the lock began before the previous holder committed.
 """
 
 from __future__ import annotations
@@ -45,33 +45,47 @@ _N_CALL = 14
 _POLICY_COLUMNS = "t.calls_enabled, t.max_participants, t.ring_timeout_seconds, t.default_type"
 _LIVE = "c.status IN ('ringing', 'active')"
 
-# The tenant's policy, the transaction's time and the call, locked (or not).
-_CALL_BY_ID = f"""
-SELECT now(), {_POLICY_COLUMNS}, {_CALL_COLUMNS}
-FROM tenants t LEFT JOIN LATERAL (
-    SELECT * FROM calls c0
-    WHERE c0.id = %(call)s AND c0.room_id = %(room)s AND c0.tenant_id = %(tenant)s {{lock}}
-) c ON true
-WHERE t.id = %(tenant)s"""
-LOCK_CALL = _CALL_BY_ID.format(lock="FOR UPDATE")
-READ_CALL = _CALL_BY_ID.format(lock="")
-
-LOCK_LIVE_CALL = f"""
-SELECT now(), {_POLICY_COLUMNS}, {_CALL_COLUMNS}
-FROM tenants t LEFT JOIN LATERAL (
-    SELECT * FROM calls c0
-    WHERE c0.room_id = %(room)s AND c0.tenant_id = %(tenant)s
-      AND c0.status IN ('ringing', 'active')
-    FOR UPDATE
-) c ON true
-WHERE t.id = %(tenant)s"""
-
-# Participants and the caller's membership, read once the call's lock is held.
-PARTICIPANTS_AND_MEMBERSHIP = """
-SELECT EXISTS (SELECT 1 FROM rooms WHERE id = %(room)s AND tenant_id = %(tenant)s),
+# One statement loads a transition's state: the transaction's time, the tenant's policy,
+# the call (row-locked, or not), whether the caller is a member of the room, and the
+# call's participants as parallel arrays. The participants come from the statement's
+# snapshot, taken before any wait for the lock; the call row is re-read when the lock is
+# granted. `seen_version` (the call's version in the snapshot) equal to the locked row's
+# version proves no transition committed in between; otherwise the participants are
+# read again (PARTICIPANTS), after the lock.
+_LOAD = f"""
+SELECT now(), {_POLICY_COLUMNS}, {_CALL_COLUMNS}, c.version,
+       (SELECT c1.version FROM calls c1 WHERE c1.id = c.id),
+       EXISTS (SELECT 1 FROM rooms WHERE id = %(room)s AND tenant_id = %(tenant)s),
        EXISTS (SELECT 1 FROM room_members WHERE room_id = %(room)s AND user_id = %(user)s),
-       p.user_id, p.state, p.joined_at, p.left_at, p.ever_joined
-FROM (SELECT 1) one LEFT JOIN call_participants p ON p.call_id = %(call)s"""
+       {{participants}}
+FROM (SELECT 1) one
+LEFT JOIN tenants t ON t.id = %(tenant)s
+LEFT JOIN LATERAL (
+    SELECT * FROM calls c0 WHERE c0.tenant_id = %(tenant)s AND c0.room_id = %(room)s
+      AND {{which}} {{lock}}
+) c ON true"""
+_N_HEAD = 5 + _N_CALL + 4
+
+
+def _arrays(call_id: str) -> str:
+    return ", ".join(
+        f"ARRAY(SELECT p.{col} FROM call_participants p WHERE p.call_id = {call_id}"
+        " ORDER BY p.user_id)"
+        for col in ("user_id", "state", "joined_at", "left_at", "ever_joined")
+    )
+
+
+_PARTICIPANT_ARRAYS = _arrays("c.id")
+LOCK_CALL = _LOAD.format(
+    participants=_PARTICIPANT_ARRAYS, which="c0.id = %(call)s", lock="FOR UPDATE"
+)
+READ_CALL = _LOAD.format(participants=_PARTICIPANT_ARRAYS, which="c0.id = %(call)s", lock="")
+LOCK_LIVE_CALL = _LOAD.format(
+    participants=_PARTICIPANT_ARRAYS,
+    which="c0.status IN ('ringing', 'active')",
+    lock="FOR UPDATE",
+)
+PARTICIPANTS = f"SELECT {_arrays('%(call)s')}"
 
 # What a start needs: policy, time, the room's members and its live call (if any).
 START_CONTEXT = f"""
@@ -130,8 +144,9 @@ WITH c AS (
     UPDATE calls SET status = %(status)s, answered_at = %(answered_at)s,
         ended_at = %(ended_at)s, end_reason = %(end_reason)s,
         ring_deadline = %(ring_deadline)s,
-        livekit_cleanup_pending = livekit_cleanup_pending OR %(ended_now)s
-    WHERE id = %(id)s AND %(call_changed)s
+        livekit_cleanup_pending = livekit_cleanup_pending OR %(ended_now)s,
+        version = version + 1
+    WHERE id = %(id)s
 ),
 p AS (
     INSERT INTO call_participants (call_id, tenant_id, user_id, state, joined_at, left_at,
@@ -231,39 +246,38 @@ class StartContext:
 # --- reads ----------------------------------------------------------------------------
 
 
-async def _with_participants(
-    conn: AsyncConnection[Any], head: Sequence[Any] | None, *, tenant: str, room: str, user: str
-) -> Loaded:
-    assert head is not None  # a SELECT from (SELECT 1) / tenants LEFT JOIN: one row
+def _people(users: list[str], *columns: list[Any]) -> list[Participant]:
+    return [Participant(*p) for p in zip(users, *columns, strict=True)]
+
+
+async def _load(conn: AsyncConnection[Any], sql: str, **params: str) -> Loaded:
+    head = await (await conn.execute(sql, params)).fetchone()
+    assert head is not None  # FROM (SELECT 1): always one row
     now, policy_row, call_row = head[0], head[1:5], head[5 : 5 + _N_CALL]
-    call_id = call_row[0]
-    rows = await (
-        await conn.execute(
-            PARTICIPANTS_AND_MEMBERSHIP,
-            {"tenant": tenant, "room": room, "user": user, "call": call_id},
-        )
-    ).fetchall()
-    people = [_participant(r[2:]) for r in rows if r[2] is not None]
-    return Loaded(now, _policy(policy_row), _call(call_row, people), rows[0][0], rows[0][1])
+    version, seen_version, room_exists, is_member = head[5 + _N_CALL : _N_HEAD]
+    arrays = head[_N_HEAD:]
+    if call_row[0] is not None and version != seen_version:
+        # We waited for the lock while a transition committed: read what it left.
+        arrays = await (await conn.execute(PARTICIPANTS, {"call": call_row[0]})).fetchone()
+        assert arrays is not None
+    people = _people(*arrays)
+    return Loaded(now, _policy(policy_row), _call(call_row, people), room_exists, is_member)
 
 
 async def load_for_update(
     conn: AsyncConnection[Any], *, tenant: str, room: str, call: str, user: str, lock: bool = True
 ) -> Loaded:
     """The tenant's policy, the call (row-locked when `lock`) and its participants, and
-    whether `user` is a member of the room; two round trips."""
-    params = {"tenant": tenant, "room": room, "call": call}
-    head = await (await conn.execute(LOCK_CALL if lock else READ_CALL, params)).fetchone()
-    if head is None:  # no such tenant: treated as calls disabled
-        return Loaded(datetime.min, None, None, False, False)
-    return await _with_participants(conn, head, tenant=tenant, room=room, user=user)
+    whether `user` is a member of the room: one statement (two after a lock wait)."""
+    sql = LOCK_CALL if lock else READ_CALL
+    return await _load(conn, sql, tenant=tenant, room=room, call=call, user=user)
 
 
 async def lock_live_call(
     conn: AsyncConnection[Any], *, tenant: str, room: str, user: str
 ) -> Loaded:
-    head = await (await conn.execute(LOCK_LIVE_CALL, {"tenant": tenant, "room": room})).fetchone()
-    return await _with_participants(conn, head, tenant=tenant, room=room, user=user)
+    """The room's live call, locked, with the same reads as load_for_update."""
+    return await _load(conn, LOCK_LIVE_CALL, tenant=tenant, room=room, user=user)
 
 
 async def start_context(conn: AsyncConnection[Any], *, tenant: str, room: str) -> StartContext:
@@ -403,8 +417,7 @@ async def save(
     call = change.call
     old = {p.user_id: p for p in before.participants}
     changed = [p for p in call.participants if old.get(p.user_id) != p]
-    call_changed = _lifecycle(call) != _lifecycle(before)
-    if not (changed or call_changed or change.events):
+    if not (changed or change.events or _lifecycle(call) != _lifecycle(before)):
         return
     params = _write_params(before, change, call_pb, now)
     params.update(_participant_params(changed))
@@ -414,7 +427,6 @@ async def save(
         ended_at=call.ended_at,
         end_reason=call.end_reason,
         ring_deadline=call.ring_deadline,
-        call_changed=call_changed,
     )
     await conn.execute(SAVE, params)
 

@@ -35,7 +35,8 @@ async def expire_ringing(calls: CallTransitions, limit: int = 50) -> int:
 
 
 async def clean_media_rooms(calls: CallTransitions, media: Media, limit: int = 20) -> None:
-    """Retries LiveKit room deletion for ended calls until LiveKit confirms."""
+    """Retries LiveKit room deletion for ended calls until LiveKit confirms (after
+    LiveKit was unreachable, or a process died before remove_ended_rooms got to it)."""
     async with calls.transaction() as conn:
         cleaned: list[str] = []
         for call_id, livekit_room in await store.lock_pending_cleanups(conn, limit):
@@ -45,6 +46,20 @@ async def clean_media_rooms(calls: CallTransitions, media: Media, limit: int = 2
         if cleaned:
             await store.mark_cleaned(conn, cleaned)
             log.info("media rooms removed", extra=log_fields(count=len(cleaned)))
+
+
+async def remove_ended_rooms(calls: CallTransitions, media: Media, batch: int = 50) -> None:
+    """Deletes the LiveKit rooms of calls this process ended, as they end: the deletions
+    of a batch run together and are marked done in one statement."""
+    while True:
+        due = [await calls.ended_rooms.get()]
+        while len(due) < batch and not calls.ended_rooms.empty():
+            due.append(calls.ended_rooms.get_nowait())
+        gone = await asyncio.gather(*(media.delete_room(room) for _, room in due))
+        cleaned = [call_id for (call_id, _), ok in zip(due, gone, strict=True) if ok]
+        if cleaned:  # the rest stay pending for clean_media_rooms
+            async with calls.transaction() as conn:
+                await store.mark_cleaned(conn, cleaned)
 
 
 async def every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:

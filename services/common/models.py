@@ -156,6 +156,11 @@ class Call(SQLModel, table=True):
     ring_deadline: datetime | None = _ts(nullable=True)
     livekit_room: str = Field(sa_column=Column(String, nullable=False, unique=True))
     livekit_cleanup_pending: bool = False
+    # Bumped by every transition (which holds the row lock): a reader that waited for the
+    # lock knows from it whether its snapshot of the participants is still current.
+    version: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
+    )
 
 
 class CallParticipant(SQLModel, table=True):

@@ -7,6 +7,7 @@ event, a separate NOTIFY) fails here."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from services.calls.media import Media
 from services.calls.transitions import CallTransitions
 from services.common.db import libpq_options
+from services.common.errors import ServiceError
 from services.common.settings import load_settings
 from tests.conftest import Tenant
 from tests.stack import Stack
@@ -107,3 +109,30 @@ async def test_the_counter_sees_every_statement(calls: CallTransitions, tenant: 
     room = tenant.room("alice", "bob")
     _, n = await counted(calls.active(tenant=tenant.tenant_id, room=room, user="alice"))
     assert n == 1 and sent == ["SELECT"]
+
+
+async def test_a_transition_that_waited_for_the_lock_sees_the_committed_state(
+    calls: CallTransitions, tenant: Tenant, stack: Stack
+) -> None:
+    """The load reads participants in the locking statement, from a snapshot taken before
+    any wait; when a transition commits meanwhile, the version check re-reads them."""
+    tenant.patch_settings(maxParticipants=2)
+    room = tenant.room("alice", "bob", "carol")
+    ids = {"tenant": tenant.tenant_id, "room": room}
+    call = (await calls.start(**ids, user="alice", call_type=None)).call.id
+    async with await AsyncConnection.connect(stack.database_url) as other:
+        await other.execute("SELECT 1 FROM calls WHERE id = %s FOR UPDATE", (call,))
+        waiting = asyncio.create_task(counted(calls.accept(**ids, call=call, user="bob")))
+        await asyncio.sleep(0.5)  # bob's accept is now blocked on the row lock
+        assert not waiting.done()
+        # What another transition would commit: carol joins, the version moves on.
+        await other.execute(
+            "UPDATE call_participants SET state = 'joined'"
+            " WHERE call_id = %s AND user_id = 'carol'",
+            (call,),
+        )
+        await other.execute("UPDATE calls SET version = version + 1 WHERE id = %s", (call,))
+        await other.commit()
+    with pytest.raises(ServiceError) as refused:
+        await waiting
+    assert refused.value.reason == "CALL_FULL"  # carol's join was seen: the cap holds
