@@ -30,6 +30,7 @@ class Stack:
     envoy_admin_port: int = field(default_factory=free_port)
     bridge_port: int = field(default_factory=free_port)
     livekit_port: int = field(default_factory=free_port)
+    demo_port: int = field(default_factory=free_port)  # devstack/demo.py, when a test runs it
     grpc_ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
     livekit_enabled: bool = False
@@ -120,16 +121,22 @@ class Stack:
         )
         self.livekit_enabled = True
 
-    def start_envoy(self) -> None:
-        config = self.workdir / "envoy.yaml"
-        upstreams = envoy.Upstreams(
+    def upstreams(self) -> envoy.Upstreams:
+        """Envoy's upstreams as `make dev` has them (the demo app included)."""
+        return envoy.Upstreams(
             tenant=[f"127.0.0.1:{self.grpc_ports['tenant']}"],
             chat=[f"127.0.0.1:{self.grpc_ports['chat']}"],
             calls=[f"127.0.0.1:{self.grpc_ports['calls']}"],
             bridge=[f"127.0.0.1:{self.bridge_port}"],
+            demo=f"127.0.0.1:{self.demo_port}",
         )
+
+    def start_envoy(self) -> None:
+        config = self.workdir / "envoy.yaml"
         config.write_text(
-            envoy.render(upstreams, listen_port=self.envoy_port, admin_port=self.envoy_admin_port)
+            envoy.render(
+                self.upstreams(), listen_port=self.envoy_port, admin_port=self.envoy_admin_port
+            )
         )
         self.procs["envoy"] = Proc("envoy", envoy.command(config), python_env({}), self.workdir)
         wait_until(
