@@ -97,7 +97,7 @@ class Demo:
         except ValueError:
             body = None
         user_id = body.get("userId") if isinstance(body, dict) else None
-        if user_id not in USERS:
+        if not isinstance(user_id, str) or user_id not in USERS:
             return web.json_response(
                 {"message": f"userId must be one of {', '.join(USERS)}"}, status=400
             )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from devstack.procs import ROOT, Proc, http_ok, wait_until
-from tests.conftest import create_tenant
+from devstack.procs import ROOT
+from tests.browser.conftest import DemoServer
 from tests.stack import Stack
 
 CHROMIUM = shutil.which("chromium")
@@ -59,40 +58,12 @@ if CHROMIUM and CHROMEDRIVER:
 
 
 @pytest.fixture(scope="module")
-def demo_url(stack: Stack) -> Iterator[Callable[[str], str]]:
-    """devstack/demo.py for a fresh demo tenant, as `make dev` runs it (the page talks
-    to the API's own origin, the test stack's Envoy)."""
+def demo_url(stack: Stack, demo_server: DemoServer) -> Callable[[str], str]:
     if not stack.livekit_enabled:
         pytest.skip("livekit-server not built (make livekit): the browser call needs media")
     if not BUILT.is_file():
         pytest.skip("the demo web app is not built: make demo")
-    tenant = create_tenant(stack, "browser-demo")
-    credentials = stack.workdir / "demo.json"
-    credentials.write_text(json.dumps({"tenantId": tenant.tenant_id, "apiKey": tenant.api_key}))
-    proc = Proc(
-        "demo",
-        [
-            sys.executable,
-            "-m",
-            "devstack.demo",
-            f"--port={stack.demo_port}",
-            f"--api={stack.rest}",
-            f"--public-api={stack.rest}",
-            f"--credentials={credentials}",
-            f"--state={stack.workdir / 'demo-rooms.json'}",
-        ],
-        stack.env(),
-        stack.workdir,
-    )
-    try:
-        wait_until(
-            lambda: http_ok(f"http://127.0.0.1:{stack.demo_port}/demo/config.json"),
-            "demo",
-            proc=proc,
-        )
-        yield lambda host: f"http://{host}:{stack.demo_port}/demo/"
-    finally:
-        proc.stop()
+    return demo_server.url
 
 
 class Page:
