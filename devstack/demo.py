@@ -34,8 +34,11 @@ ROOMS = [
     ("Bob & Carol", ["bob", "carol"]),
     ("Team (group)", ["alice", "bob", "carol"]),
 ]
-STATIC_FILES = {"": "index.html", "index.html": "index.html", "app.js": "app.js",
-                "app.js.map": "app.js.map", "style.css": "style.css"}  # fmt: skip
+# The only files served: no part of a URL ever becomes a file system path.
+STATIC_FILES = {
+    "": "index.html",
+    **{f: f for f in ("index.html", "app.js", "app.js.map", "style.css")},
+}
 
 
 class DemoError(Exception):
