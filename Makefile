@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 # The wheels put nats-server and envoy in the venv's bin.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install proto k8s proto-check lint test test-fast dev bench livekit clean ci
+.PHONY: install proto k8s proto-check lint test test-fast dev bench livekit demo browsers clean ci
 
 install: $(STAMP)
 
@@ -61,11 +61,33 @@ $(LIVEKIT_BIN):
 
 livekit: $(LIVEKIT_BIN)
 
+# The demo web app (web/demo) bundled by esbuild from the locked npm packages;
+# devstack/demo.py serves it at /demo/ in `make dev` (never in deploy/k8s).
+DEMO_OUT := .cache/demo
+DEMO_SRC := $(wildcard web/demo/src/*.js) web/demo/index.html web/demo/style.css
+demo: $(DEMO_OUT)/app.js
+
+web/demo/node_modules/.installed: web/demo/package.json web/demo/package-lock.json
+	cd web/demo && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(DEMO_OUT)/app.js: web/demo/node_modules/.installed $(DEMO_SRC)
+	mkdir -p $(DEMO_OUT)
+	cp web/demo/index.html web/demo/style.css $(DEMO_OUT)/
+	cd web/demo && DEMO_OUT=$(CURDIR)/$(DEMO_OUT) npm run --silent build
+
+# The browser test (tests/browser) drives Debian's Chromium through chromedriver.
+browsers:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  echo "NOTE: chromium/chromedriver not found, so the browser test is skipped." \
+	    "Install them with: sudo apt-get update && sudo apt-get install -y chromium chromium-driver" >&2
+
 dev: $(STAMP)
 	-@$(MAKE) --no-print-directory livekit
+	-@$(MAKE) --no-print-directory demo
 	$(BIN)/python -m devstack.dev
 
-test: $(STAMP) livekit
+test: $(STAMP) livekit demo browsers
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

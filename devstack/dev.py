@@ -21,6 +21,7 @@ from devstack.procs import ROOT, python_env
 DEV = ROOT / ".dev"
 PG_PORT = 54329
 REST = "http://127.0.0.1:8080"
+DEMO_PORT = 8091  # devstack/demo.py, behind Envoy at /demo/
 
 
 def say(message: str) -> None:
@@ -35,7 +36,13 @@ def environment() -> dict[str, str]:
         "LIVEKIT_URL": os.environ.get("LIVEKIT_URL") or "http://127.0.0.1:7880",
         "LIVEKIT_PUBLIC_URL": os.environ.get("LIVEKIT_PUBLIC_URL") or "ws://127.0.0.1:7880",
     }
-    for name in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "SESSION_SIGNING_KEY", "LOG_LEVEL"):
+    for name in (
+        "LIVEKIT_API_KEY",
+        "LIVEKIT_API_SECRET",
+        "SESSION_SIGNING_KEY",
+        "LOG_LEVEL",
+        "CORS_ALLOWED_ORIGINS",
+    ):
         if os.environ.get(name):
             env[name] = os.environ[name]
     return env
@@ -103,9 +110,11 @@ def main() -> int:
                     chat=["127.0.0.1:50062"],
                     calls=["127.0.0.1:50063"],
                     bridge=["127.0.0.1:8090"],
+                    demo=f"127.0.0.1:{DEMO_PORT}",
                 ),
                 listen_port=8080,
                 admin_port=9901,
+                cors_allowed_origins=env.get("CORS_ALLOWED_ORIGINS", "*"),
             )
         )
         if not os.environ.get("LIVEKIT_URL") and livekit_binary() is None:

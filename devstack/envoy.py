@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+
+from services.common.settings import parse_cors_origins
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
@@ -61,12 +64,41 @@ def _local_reply_mappers() -> str:
     return "\n".join(mappers)
 
 
+def _cors_policy(origins: list[str]) -> str:
+    """Bearer tokens, never cookies: no credentials mode, so `*` is safe as a default."""
+    return json.dumps(
+        {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+            "allow_origin_string_match": [{"exact": origin} for origin in origins],
+            "allow_methods": "GET, POST, PUT, PATCH, DELETE",
+            "allow_headers": "authorization, content-type, x-request-id",
+            "expose_headers": "x-request-id",
+            "max_age": "86400",
+            # Envoy answers every preflight itself; a refused origin gets no allow-origin.
+            "forward_not_matching_preflights": False,
+        }
+    )
+
+
+_DEMO_ROUTE = """
+                        - match: {prefix: "/demo/"}
+                          route: {cluster: demo, timeout: 15s}"""
+
+_DEMO_CLUSTER = """
+    - name: demo
+      type: {discovery}
+      connect_timeout: 2s
+      load_assignment: {{cluster_name: demo, endpoints: [{{lb_endpoints: {endpoints}}}]}}"""
+
+
 @dataclass
 class Upstreams:
     tenant: list[str]
     chat: list[str]
     calls: list[str]
     bridge: list[str]
+    # The demo web app's server: local stack only, never in Kubernetes.
+    demo: str | None = None
 
 
 def _endpoints(addresses: list[str]) -> str:
@@ -92,6 +124,7 @@ def render(
     descriptors: Path = DESCRIPTORS,
     discovery: str = "STATIC",
     rate_limit_per_second: int = 2000,
+    cors_allowed_origins: str = "*",
 ) -> str:
     return Template(TEMPLATE.read_text()).substitute(
         LISTEN_HOST=listen_host,
@@ -107,6 +140,13 @@ def render(
         CHAT_ENDPOINTS=_endpoints(upstreams.chat),
         CALLS_ENDPOINTS=_endpoints(upstreams.calls),
         BRIDGE_ENDPOINTS=_endpoints(upstreams.bridge),
+        CORS_POLICY=_cors_policy(parse_cors_origins(cors_allowed_origins)),
+        DEMO_ROUTE=_DEMO_ROUTE if upstreams.demo else "",
+        DEMO_CLUSTER=(
+            _DEMO_CLUSTER.format(discovery=discovery, endpoints=_endpoints([upstreams.demo]))
+            if upstreams.demo
+            else ""
+        ),
     )
 
 
@@ -143,6 +183,7 @@ def main() -> None:
             listen_host="0.0.0.0",
             descriptors=Path("/etc/envoy/descriptors.binpb"),
             discovery="STRICT_DNS",
+            cors_allowed_origins=os.environ.get("CORS_ALLOWED_ORIGINS", "*"),
         )
     )
 

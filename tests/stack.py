@@ -31,6 +31,7 @@ class Stack:
     envoy_admin_port: int = field(default_factory=free_port)
     bridge_port: int = field(default_factory=free_port)
     livekit_port: int = field(default_factory=free_port)
+    demo_port: int = field(default_factory=free_port)  # devstack/demo.py, when a test runs it
     grpc_ports: dict[str, int] = field(default_factory=dict)
     # Worker processes per gRPC service (each on its own port: base, base + 1, ...);
     # the call path runs two, so every test exercises several processes.
@@ -129,16 +130,22 @@ class Stack:
         base = self.grpc_ports[name]
         return [f"127.0.0.1:{base + i}" for i in range(self.workers.get(name, 1))]
 
-    def start_envoy(self) -> None:
-        config = self.workdir / "envoy.yaml"
-        upstreams = envoy.Upstreams(
+    def upstreams(self) -> envoy.Upstreams:
+        """Envoy's upstreams as `make dev` has them (the demo app included)."""
+        return envoy.Upstreams(
             tenant=self.addresses("tenant"),
             chat=self.addresses("chat"),
             calls=self.addresses("calls"),
             bridge=[f"127.0.0.1:{self.bridge_port}"],
+            demo=f"127.0.0.1:{self.demo_port}",
         )
+
+    def start_envoy(self) -> None:
+        config = self.workdir / "envoy.yaml"
         config.write_text(
-            envoy.render(upstreams, listen_port=self.envoy_port, admin_port=self.envoy_admin_port)
+            envoy.render(
+                self.upstreams(), listen_port=self.envoy_port, admin_port=self.envoy_admin_port
+            )
         )
         self.procs["envoy"] = Proc("envoy", envoy.command(config), python_env({}), self.workdir)
         wait_until(

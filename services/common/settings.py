@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Secrets that may come from a file mounted by Kubernetes (NAME_FILE).
@@ -15,6 +16,23 @@ _SECRET_FIELDS = ("DATABASE_URL", "SESSION_SIGNING_KEY", "LIVEKIT_API_SECRET")
 # Dev defaults: usable on a laptop, refused when ENV=production.
 DEV_SESSION_KEY = "dev-only-session-signing-key-change-me-0000000000"
 DEV_LIVEKIT_SECRET = "dev-only-livekit-secret-change-me-000000000000"
+
+_ORIGIN = re.compile(r"^https?://[^/\s,]+$")
+
+
+def parse_cors_origins(value: str) -> list[str]:
+    """CORS_ALLOWED_ORIGINS: `*` or a comma-separated list of origins (scheme://host[:port]).
+    Shared by the socket bridge and the Envoy renderer, so both allow the same origins."""
+    origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+    if origins == ["*"]:
+        return origins
+    bad = [o for o in origins if not _ORIGIN.match(o)]
+    if not origins or bad:
+        raise ValueError(
+            "CORS_ALLOWED_ORIGINS: `*` or comma-separated origins like https://app.example.com"
+            + (f" (not an origin: {bad[0]})" if bad else "")
+        )
+    return origins
 
 
 class Settings(BaseSettings):
@@ -56,12 +74,25 @@ class Settings(BaseSettings):
     HTTP_HOST: str = "127.0.0.1"
     HTTP_PORT: int = Field(default=8090, ge=0, le=65535)
 
+    # browsers: origins allowed by Envoy's CORS policy and the Socket.IO handshake
+    CORS_ALLOWED_ORIGINS: str = "*"
+
     # webhook dispatcher
     WEBHOOK_TIMEOUT_SECONDS: float = 5.0
     WEBHOOK_MAX_AGE_SECONDS: int = 24 * 3600
     WEBHOOK_BASE_DELAY_SECONDS: float = 1.0
     WEBHOOK_MAX_DELAY_SECONDS: float = 3600.0
     WEBHOOK_CONCURRENCY: int = 32
+
+    @field_validator("CORS_ALLOWED_ORIGINS")
+    @classmethod
+    def _valid_cors_origins(cls, value: str) -> str:
+        parse_cors_origins(value)
+        return value
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return parse_cors_origins(self.CORS_ALLOWED_ORIGINS)
 
     @model_validator(mode="before")
     @classmethod

@@ -59,8 +59,12 @@ class Bridge:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # Socket.IO's own loggers would print every packet (tokens, payloads): off.
+        origins = settings.cors_origins
         self.sio = socketio.AsyncServer(
-            async_mode="asgi", cors_allowed_origins="*", logger=False, engineio_logger=False
+            async_mode="asgi",
+            cors_allowed_origins="*" if origins == ["*"] else origins,
+            logger=False,
+            engineio_logger=False,
         )
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)

@@ -1,0 +1,36 @@
+// A ring tone from the Web Audio API (no sound file to ship): two short beeps every 2 s.
+export class Ringer {
+  constructor() {
+    this.context = null;
+    this.timer = null;
+  }
+
+  // Must run inside a click: browsers start audio only after a user gesture.
+  unlock() {
+    if (!this.context && window.AudioContext) this.context = new AudioContext();
+  }
+
+  start() {
+    if (this.timer || !this.context) return;
+    const ring = () => {
+      for (const offset of [0, 0.4]) this.beep(this.context.currentTime + offset);
+    };
+    ring();
+    this.timer = setInterval(ring, 2000);
+  }
+
+  beep(at) {
+    const tone = this.context.createOscillator();
+    const gain = this.context.createGain();
+    tone.frequency.value = 440;
+    gain.gain.value = 0.1;
+    tone.connect(gain).connect(this.context.destination);
+    tone.start(at);
+    tone.stop(at + 0.3);
+  }
+
+  stop() {
+    clearInterval(this.timer);
+    this.timer = null;
+  }
+}
