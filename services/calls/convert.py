@@ -33,6 +33,8 @@ def call_to_pb(call: Call) -> pb.Call:
     )
     if call.end_reason:
         message.end_reason = call.end_reason
+    if call.custom is not None:
+        message.custom.update(call.custom)
     for p in call.participants:
         message.participants.add(
             user_id=p.user_id,

@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from services.common import events
 from services.common.errors import ServiceError, conflict, forbidden, invalid, not_found
 
 Status = Literal["ringing", "active", "ended"]
 Mode = Literal["direct", "group"]
-State = Literal["invited", "joined", "declined", "left"]
+State = Literal["invited", "joined", "declined", "left", "removed"]
 
 LIVE: tuple[Status, ...] = ("ringing", "active")
 # Reasons a caller may give when ending a ringing 1:1 call.
@@ -53,6 +53,10 @@ class Call:
     ended_at: datetime | None = None
     end_reason: str | None = None
     ring_deadline: datetime | None = None
+    # When a live call nobody is in (by LiveKit's account) ends as `no_media`; None while
+    # someone is in its media room.
+    media_deadline: datetime | None = None
+    custom: dict[str, Any] | None = None  # the integrator's own data, given at start
     # Participants in user-id order.
     participants: tuple[Participant, ...] = ()
 
@@ -78,13 +82,27 @@ class CallPolicy:
     max_participants: int
     ring_timeout_seconds: int
     default_type: str
+    # How long a live call may go with nobody in its media room (CALL_MEDIA_GRACE_SECONDS).
+    media_grace: timedelta = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks for a moderation action: an app user, or the tenant itself (API key)."""
+
+    user_id: str | None  # None for the tenant
+
+    @property
+    def host(self) -> bool:
+        return self.user_id is None
 
 
 @dataclass(frozen=True)
 class Event:
     type: str
-    actor: str  # the user whose action or state the event is about
+    actor: str  # the user whose action or state the event is about ("" for the tenant)
     recipients: tuple[str, ...]  # users whose sockets receive it
+    reason: str | None = None
 
 
 @dataclass
@@ -135,6 +153,12 @@ def _not_participant() -> ServiceError:
     return forbidden("NOT_CALL_PARTICIPANT", "this 1:1 call is between two other users")
 
 
+def _not_removed(call: Call, user_id: str) -> None:
+    participant = call.participant(user_id)
+    if participant is not None and participant.state == "removed":
+        raise forbidden("REMOVED_FROM_CALL", "you were removed from this call")
+
+
 # --- small state edits ------------------------------------------------------------------
 
 
@@ -143,7 +167,7 @@ def _set(call: Call, user_id: str, state: State, now: datetime) -> Call:
     old = call.participant(user_id) or Participant(user_id, "invited")
     if state == "joined":
         new = replace(old, state=state, joined_at=now, left_at=None, ever_joined=True)
-    elif state == "left":
+    elif state == "left" or (state == "removed" and old.state == "joined"):
         new = replace(old, state=state, left_at=now)
     else:
         new = replace(old, state=state)
@@ -172,6 +196,7 @@ def _finish(
         ended_at=now,
         end_reason=reason,
         ring_deadline=None,
+        media_deadline=None,
         participants=people,
     )
     everyone = tuple(ended.user_ids())
@@ -197,6 +222,7 @@ def new_call(
     call_type: str | None,
     policy: CallPolicy,
     now: datetime,
+    custom: dict[str, Any] | None = None,
 ) -> Change:
     """A call in a room with no live call: 1:1 rings, a group is active at once."""
     if len(members) < 2:
@@ -219,6 +245,8 @@ def new_call(
         created_at=now,
         ring_timeout_seconds=policy.ring_timeout_seconds,
         ring_deadline=now + timedelta(seconds=policy.ring_timeout_seconds) if direct else None,
+        media_deadline=None if direct else now + policy.media_grace,
+        custom=custom,
         livekit_room=call_id,  # one LiveKit room per call, never reused
         participants=tuple(people),
     )
@@ -230,14 +258,15 @@ def new_call(
 
 def join_live(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
     """Start in a room that has a live call: rejoin it, or accept it as the callee (glare)."""
+    _not_removed(call, user_id)
     if call.mode == "direct" and call.status == "ringing":
         if user_id == call.created_by:
             return Change(call)  # the caller's other device
-        return _answer(call, user_id, now)
+        return _answer(call, user_id, policy, now)
     return _join(call, user_id, policy, now)
 
 
-def _answer(call: Call, user_id: str, now: datetime) -> Change:
+def _answer(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
     if call.participant(user_id) is None:  # e.g. added to the room while it rang
         raise _not_participant()
     if call.ring_deadline is not None and call.ring_deadline <= now:
@@ -245,9 +274,14 @@ def _answer(call: Call, user_id: str, now: datetime) -> Change:
         change = _finish(call, "timeout", call.created_by, now)
         change.refusal = conflict("CALL_ENDED", "the call has ended")
         return change
-    answered = _set(
-        replace(call, status="active", answered_at=now, ring_deadline=None), user_id, "joined", now
+    active = replace(
+        call,
+        status="active",
+        answered_at=now,
+        ring_deadline=None,
+        media_deadline=now + policy.media_grace,
     )
+    answered = _set(active, user_id, "joined", now)
     return Change(answered, [Event(events.ACCEPTED, user_id, tuple(answered.user_ids()))])
 
 
@@ -268,15 +302,17 @@ def _join(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change
 
 
 def accept(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
+    _not_removed(call, user_id)
     if call.mode == "direct":
         if user_id == call.created_by:
             raise conflict("CANNOT_ACCEPT_OWN_CALL", "you started this call")
         if call.status == "ringing":
-            return _answer(call, user_id, now)
+            return _answer(call, user_id, policy, now)
     return _join(call, user_id, policy, now)
 
 
 def decline(call: Call, user_id: str, now: datetime) -> Change:
+    _not_removed(call, user_id)
     participant = call.participant(user_id)
     if call.mode == "direct":
         if user_id == call.created_by:
@@ -293,6 +329,11 @@ def decline(call: Call, user_id: str, now: datetime) -> Change:
         raise conflict("ALREADY_JOINED", "you are in this call; leave it instead")
     declined = _set(call, user_id, "declined", now) if participant is not None else call
     return Change(declined, [Event(events.DECLINED, user_id, (user_id,))])
+
+
+def end_by_host(call: Call, now: datetime) -> Change:
+    """The tenant (API key) ends any call."""
+    return _finish(call, "ended_by_host", "", now)
 
 
 def end(call: Call, user_id: str, reason: str | None, now: datetime) -> Change:
@@ -349,6 +390,30 @@ def media_left(call: Call, user_id: str, session_started: datetime | None, now: 
     return _leave(call, user_id, now)
 
 
+def media_joined(call: Call, user_id: str) -> Change:
+    """Someone is in the media room: the call is not a ghost."""
+    if call.status == "ended" or call.participant(user_id) is None:
+        return Change(call)
+    return Change(replace(call, media_deadline=None))
+
+
+def media_occupancy(call: Call, occupied: bool, grace: timedelta, now: datetime) -> Change:
+    """What LiveKit's RoomService says of the media room (reconciliation, when webhooks
+    were lost): the no-media clock runs while it is empty, stops while it is not."""
+    if call.status != "active":
+        return Change(call)
+    if occupied:
+        return Change(replace(call, media_deadline=None))
+    if call.media_deadline is None:
+        return Change(replace(call, media_deadline=now + grace))
+    return Change(call)
+
+
+def no_media(call: Call, now: datetime) -> Change:
+    """Nobody was in the media room for the grace period."""
+    return _finish(call, "no_media", call.created_by, now)
+
+
 def media_ended(call: Call, now: datetime) -> Change:
     """LiveKit finished the media room."""
     if call.status == "ended":
@@ -358,7 +423,52 @@ def media_ended(call: Call, now: datetime) -> Change:
 
 def token_holder(call: Call, user_id: str) -> Call:
     """Only a current participant gets a fresh media token."""
+    _not_removed(call, user_id)
     participant = call.participant(user_id)
     if participant is None or participant.state != "joined":
         raise forbidden("NOT_CALL_PARTICIPANT", "only a current participant can get a media token")
     return call
+
+
+# --- moderation ---------------------------------------------------------------------------
+
+
+def require_moderator(call: Call, actor: Actor) -> None:
+    """The tenant on any call; a group call's creator on theirs."""
+    if actor.host or (call.mode == "group" and actor.user_id == call.created_by):
+        return
+    raise forbidden(
+        "NOT_CALL_CREATOR", "only the group call's creator or the tenant's API key can do this"
+    )
+
+
+def require_participant(call: Call, user_id: str) -> Participant:
+    participant = call.participant(user_id)
+    if participant is None:
+        raise not_found("PARTICIPANT_NOT_FOUND", "no such participant in this call")
+    return participant
+
+
+def remove(call: Call, actor: Actor, user_id: str, now: datetime) -> Change:
+    """Takes a user out of the call and its media room for good (no rejoin)."""
+    require_moderator(call, actor)
+    participant = require_participant(call, user_id)
+    if participant.state == "removed":
+        return Change(call)  # idempotent
+    by = actor.user_id or ""
+    if call.mode == "direct":  # a 1:1 call cannot go on without one side
+        return _finish(_set(call, user_id, "removed", now), "ended_by_host", by, now)
+    removed = _set(call, user_id, "removed", now)
+    event = Event(events.PARTICIPANT_LEFT, user_id, tuple(removed.user_ids()), reason="removed")
+    if not removed.joined():
+        return _finish(removed, "all_left", by, now, events_before=[event])
+    return Change(removed, [event], kicked=[user_id])
+
+
+def mute_target(call: Call, actor: Actor, user_id: str) -> Participant:
+    """Whom a mute may reach: a joined participant, by a moderator."""
+    require_moderator(call, actor)
+    participant = require_participant(call, user_id)
+    if participant.state != "joined":
+        raise conflict("NOT_IN_CALL", "that user is not in the call")
+    return participant

@@ -15,7 +15,7 @@ def record(call: Call) -> chat_pb2.CallRecord:
     duration = 0
     if call.answered_at is not None and call.ended_at is not None:
         duration = max(0, round((call.ended_at - call.answered_at).total_seconds()))
-    return chat_pb2.CallRecord(
+    record = chat_pb2.CallRecord(
         call_id=call.id,
         type=call.type,
         mode=call.mode,
@@ -28,6 +28,9 @@ def record(call: Call) -> chat_pb2.CallRecord:
         ended_at=timestamp(call.ended_at),
         duration_seconds=duration,
     )
+    if call.custom is not None:
+        record.custom.update(call.custom)
+    return record
 
 
 def parts(call: Call) -> list[dict[str, Any]]:

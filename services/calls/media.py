@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import aiohttp
 from livekit import api
 from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
 
-from services.common.errors import unauthenticated
+from services.common.errors import UNAVAILABLE, unauthenticated
 from services.common.logging import log_fields
 from services.common.settings import Settings
 
@@ -26,12 +28,24 @@ def room_name(call_id: str) -> str:
     return call_id
 
 
+# What each call type may publish (LiveKit's canPublishSources).
+PUBLISH_SOURCES = {
+    "audio": ["microphone"],
+    "video": ["microphone", "camera", "screen_share", "screen_share_audio"],
+}
+# Which published tracks a mute of a kind reaches.
+MUTE_TRACK_TYPES = {"audio": models.TrackType.AUDIO, "video": models.TrackType.VIDEO}
+
+SignalKind = Literal["joined", "left", "room_finished"]
+
+
 @dataclass(frozen=True)
 class MediaSignal:
-    """What a LiveKit webhook tells the call: a media session ended, or the room did."""
+    """What a LiveKit webhook tells the call: someone's media session began or ended,
+    or the media room finished."""
 
     livekit_room: str
-    room_finished: bool
+    kind: SignalKind
     identity: str = ""
     # When the ended media session began (to tell an old session from the current one).
     session_started: datetime | None = None
@@ -42,7 +56,9 @@ def _signal(event: WebhookEvent) -> MediaSignal | None:
     if not event.room.name:
         return None
     if event.event == "room_finished":
-        return MediaSignal(event.room.name, room_finished=True)
+        return MediaSignal(event.room.name, "room_finished")
+    if event.event == "participant_joined":
+        return MediaSignal(event.room.name, "joined", identity=event.participant.identity)
     if event.event != "participant_left":
         return None
     # A second connection of the same user replaces the first: not a departure.
@@ -51,7 +67,7 @@ def _signal(event: WebhookEvent) -> MediaSignal | None:
     started_ms = event.participant.joined_at_ms or event.participant.joined_at * 1000
     return MediaSignal(
         event.room.name,
-        room_finished=False,
+        "left",
         identity=event.participant.identity,
         session_started=datetime.fromtimestamp(started_ms / 1000, UTC) if started_ms else None,
     )
@@ -65,14 +81,16 @@ class Media:
         )
         self._api: api.LiveKitAPI | None = None
 
-    def token(self, *, livekit_room: str, user_id: str) -> str:
-        """Join grant for exactly one room; identity is the user id; 600 s TTL."""
+    def token(self, *, livekit_room: str, user_id: str, call_type: str) -> str:
+        """Join grant for exactly one room; identity is the user id; 600 s TTL; an audio
+        call may publish the microphone only."""
         grants = api.VideoGrants(
             room_join=True,
             room=livekit_room,
             can_publish=True,
             can_subscribe=True,
             can_publish_data=True,
+            can_publish_sources=PUBLISH_SOURCES[call_type],
         )
         return (
             api.AccessToken(self.settings.LIVEKIT_API_KEY, self.settings.LIVEKIT_API_SECRET)
@@ -102,37 +120,80 @@ class Media:
             )
         return self._api
 
-    async def delete_room(self, livekit_room: str) -> bool:
-        """True when the room is gone (deleted now or never existed)."""
+    async def create_room(self, livekit_room: str, idle_seconds: int) -> None:
+        """Creates the call's media room up front (best effort: a client's join creates
+        it too). LiveKit keeps it `idle_seconds` while nobody has joined, longer than our
+        no-media grace, so the call's own deadline decides; LiveKit's departure timeout
+        (its reconnect grace) stays the server's."""
+        request = api.CreateRoomRequest(name=livekit_room, empty_timeout=idle_seconds)
+        await self._call("create_room", self._client().room.create_room(request))
+
+    async def occupied_rooms(self) -> dict[str, int] | None:
+        """Every media room and how many are in it; None when LiveKit cannot say."""
         try:
-            await asyncio.wait_for(
-                self._client().room.delete_room(api.DeleteRoomRequest(room=livekit_room)),
+            reply = await asyncio.wait_for(
+                self._client().room.list_rooms(api.ListRoomsRequest()),
                 self.settings.LIVEKIT_API_TIMEOUT_SECONDS,
             )
-            return True
-        except api.TwirpError as err:
-            if err.code == "not_found":
-                return True
-            log.warning("livekit delete_room failed", extra=log_fields(code=err.code))
-            return False
-        except (TimeoutError, aiohttp.ClientError, OSError) as err:
-            log.warning("livekit unreachable", extra=log_fields(error=type(err).__name__))
-            return False
+        except (api.TwirpError, TimeoutError, aiohttp.ClientError, OSError) as err:
+            log.warning("livekit list_rooms failed", extra=log_fields(error=type(err).__name__))
+            return None
+        return {room.name: room.num_participants for room in reply.rooms}
 
-    async def remove_participant(self, livekit_room: str, user_id: str) -> None:
-        """Best effort: the participant's token is still scoped to this call only."""
+    async def mute(self, livekit_room: str, user_id: str, kind: str) -> int:
+        """Mutes the user's published tracks of a kind; how many. Raises UNAVAILABLE when
+        LiveKit cannot be reached."""
+        client = self._client().room
         try:
-            await asyncio.wait_for(
-                self._client().room.remove_participant(
+            info = await asyncio.wait_for(
+                client.get_participant(
                     api.RoomParticipantIdentity(room=livekit_room, identity=user_id)
                 ),
                 self.settings.LIVEKIT_API_TIMEOUT_SECONDS,
             )
+            tracks = [t.sid for t in info.tracks if t.type == MUTE_TRACK_TYPES[kind]]
+            for sid in tracks:
+                await asyncio.wait_for(
+                    client.mute_published_track(
+                        api.MuteRoomTrackRequest(
+                            room=livekit_room, identity=user_id, track_sid=sid, muted=True
+                        )
+                    ),
+                    self.settings.LIVEKIT_API_TIMEOUT_SECONDS,
+                )
         except api.TwirpError as err:
-            if err.code != "not_found":
-                log.warning("livekit remove_participant failed", extra=log_fields(code=err.code))
+            if err.code == "not_found":  # not connected to the media now: nothing to mute
+                return 0
+            log.warning("livekit mute failed", extra=log_fields(code=err.code))
+            raise UNAVAILABLE from None
         except (TimeoutError, aiohttp.ClientError, OSError) as err:
             log.warning("livekit unreachable", extra=log_fields(error=type(err).__name__))
+            raise UNAVAILABLE from None
+        return len(tracks)
+
+    async def _call(self, what: str, request: Awaitable[object]) -> bool:
+        """A best-effort RoomService call: True when done (or nothing was there to act
+        on), False (logged) when LiveKit could not do it now."""
+        try:
+            await asyncio.wait_for(request, self.settings.LIVEKIT_API_TIMEOUT_SECONDS)
+            return True
+        except api.TwirpError as err:
+            if err.code == "not_found":
+                return True
+            log.warning("livekit call failed", extra=log_fields(call=what, code=err.code))
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            log.warning("livekit unreachable", extra=log_fields(error=type(err).__name__))
+        return False
+
+    async def delete_room(self, livekit_room: str) -> bool:
+        """True when the room is gone (deleted now or never existed)."""
+        request = api.DeleteRoomRequest(room=livekit_room)
+        return await self._call("delete_room", self._client().room.delete_room(request))
+
+    async def remove_participant(self, livekit_room: str, user_id: str) -> None:
+        """Best effort: the participant's token is still scoped to this call only."""
+        request = api.RoomParticipantIdentity(room=livekit_room, identity=user_id)
+        await self._call("remove_participant", self._client().room.remove_participant(request))
 
     async def close(self) -> None:
         if self._api is not None:

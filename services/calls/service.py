@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -13,11 +14,12 @@ from sendsar.calls.v1 import calls_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.calls import sweeps
+from services.calls.domain import Actor
 from services.calls.media import Media
 from services.calls.relay import OutboxRelay
 from services.calls.transitions import Applied, CallTransitions
 from services.common import validation
-from services.common.auth import Policy, current_principal
+from services.common.auth import Kind, Policy, current_principal
 from services.common.db import libpq_options
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
@@ -27,9 +29,11 @@ POLICIES = {
     "StartCall": Policy.SESSION,
     "AcceptCall": Policy.SESSION,
     "DeclineCall": Policy.SESSION,
-    "EndCall": Policy.SESSION,
+    "EndCall": Policy.ANY,  # the API key ends any call as ended_by_host
     "LeaveCall": Policy.SESSION,
     "RefreshToken": Policy.SESSION,
+    "RemoveParticipant": Policy.ANY,  # a group call's creator, or the API key
+    "MuteParticipant": Policy.ANY,
     "HandleLivekitWebhook": Policy.PUBLIC,  # LiveKit's signature is checked by the handler
 }
 
@@ -46,6 +50,17 @@ def _caller(request: Any, with_call: bool = True) -> dict[str, str]:
     return ids
 
 
+def _moderation(request: Any) -> tuple[dict[str, str], Actor]:
+    """The call a moderation request names, and who asks: an app user or the tenant."""
+    principal = current_principal()
+    ids = {
+        "tenant": principal.tenant_id,
+        "room": validation.resource_id(request.room_id, "roomId"),
+        "call": validation.resource_id(request.call_id, "callId"),
+    }
+    return ids, Actor(principal.user_id if principal.kind is Kind.SESSION else None)
+
+
 class CallService(pb_grpc.CallServiceServicer):
     def __init__(self, calls: CallTransitions, media: Media, settings: Settings) -> None:
         self.calls = calls
@@ -53,9 +68,12 @@ class CallService(pb_grpc.CallServiceServicer):
         self.settings = settings
 
     def _livekit(self, applied: Applied, user_id: str) -> pb.LiveKitCredentials:
+        call = applied.call
         return pb.LiveKitCredentials(
             url=self.settings.LIVEKIT_PUBLIC_URL,
-            token=self.media.token(livekit_room=applied.call.livekit_room, user_id=user_id),
+            token=self.media.token(
+                livekit_room=call.livekit_room, user_id=user_id, call_type=call.type
+            ),
         )
 
     async def GetActiveCall(
@@ -67,7 +85,8 @@ class CallService(pb_grpc.CallServiceServicer):
     async def StartCall(self, request: pb.StartCallRequest, context: Any) -> pb.StartCallResponse:
         ids = _caller(request, with_call=False)
         call_type = validation.call_type(request.type) if request.HasField("type") else None
-        applied = await self.calls.start(**ids, call_type=call_type)
+        custom = validation.custom_data(request.custom) if request.HasField("custom") else None
+        applied = await self.calls.start(**ids, call_type=call_type, custom=custom)
         return pb.StartCallResponse(
             call=applied.message, livekit=self._livekit(applied, ids["user"])
         )
@@ -88,9 +107,30 @@ class CallService(pb_grpc.CallServiceServicer):
         return pb.DeclineCallResponse(call=applied.message)
 
     async def EndCall(self, request: pb.EndCallRequest, context: Any) -> pb.EndCallResponse:
-        reason = request.reason if request.HasField("reason") else None
-        applied = await self.calls.end(**_caller(request), reason=reason)
+        ids, actor = _moderation(request)
+        if actor.host:
+            applied = await self.calls.end_by_host(**ids)
+        else:
+            reason = request.reason if request.HasField("reason") else None
+            applied = await self.calls.end(**ids, user=actor.user_id or "", reason=reason)
         return pb.EndCallResponse(call=applied.message)
+
+    async def RemoveParticipant(
+        self, request: pb.RemoveParticipantRequest, context: Any
+    ) -> pb.RemoveParticipantResponse:
+        ids, actor = _moderation(request)
+        target = validation.user_id(request.user_id)
+        applied = await self.calls.remove(**ids, actor=actor, target=target)
+        return pb.RemoveParticipantResponse(call=applied.message)
+
+    async def MuteParticipant(
+        self, request: pb.MuteParticipantRequest, context: Any
+    ) -> pb.MuteParticipantResponse:
+        ids, actor = _moderation(request)
+        target = validation.user_id(request.user_id)
+        kind = validation.one_of(request.kind, "kind", ("audio", "video"))
+        applied = await self.calls.mute(**ids, actor=actor, target=target, kind=kind)
+        return pb.MuteParticipantResponse(call=applied.message)
 
     async def LeaveCall(self, request: pb.LeaveCallRequest, context: Any) -> pb.LeaveCallResponse:
         applied = await self.calls.leave(**_caller(request))
@@ -134,7 +174,7 @@ async def open_pool(settings: Settings) -> AsyncConnectionPool[AsyncConnection[A
 async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     media = Media(settings)
     pool = await open_pool(settings)
-    calls = CallTransitions(pool, media)
+    calls = CallTransitions(pool, media, timedelta(seconds=settings.CALL_MEDIA_GRACE_SECONDS))
     relay = OutboxRelay(engine, settings.NATS_URL, settings.OUTBOX_POLL_SECONDS)
     servicer = CallService(calls, media, settings)
 
@@ -144,6 +184,14 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     async def ring_timeouts() -> None:
         await sweeps.every(
             settings.RING_SWEEP_INTERVAL_SECONDS, lambda: sweeps.expire_ringing(calls)
+        )
+
+    async def silent_calls() -> None:
+        await sweeps.every(1.0, lambda: sweeps.end_silent_calls(calls))
+
+    async def reconcile() -> None:
+        await sweeps.every(
+            settings.CALL_RECONCILE_SECONDS, lambda: sweeps.reconcile_media(calls, media)
         )
 
     async def media_cleanup() -> None:
@@ -163,6 +211,14 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     name = pb.DESCRIPTOR.services_by_name["CallService"].full_name
     return ServiceParts(
         registrations=[Registration(add, name, POLICIES)],
-        background=[ring_timeouts, ended_rooms, media_cleanup, relay.run, relay_listen],
+        background=[
+            ring_timeouts,
+            silent_calls,
+            reconcile,
+            ended_rooms,
+            media_cleanup,
+            relay.run,
+            relay_listen,
+        ],
         closers=[close],
     )

@@ -39,9 +39,9 @@ RECIPIENTS_PER_MESSAGE = 500
 _CALL_COLUMNS = (
     "c.id, c.tenant_id, c.room_id, c.type, c.mode, c.status, c.created_by, c.created_at,"
     " c.ring_timeout_seconds, c.livekit_room, c.answered_at, c.ended_at, c.end_reason,"
-    " c.ring_deadline"
+    " c.ring_deadline, c.media_deadline, c.custom"
 )
-_N_CALL = 14
+_N_CALL = 16
 _POLICY_COLUMNS = "t.calls_enabled, t.max_participants, t.ring_timeout_seconds, t.default_type"
 _LIVE = "c.status IN ('ringing', 'active')"
 
@@ -117,10 +117,11 @@ INSERT_CALL = (
     """
 WITH c AS (
     INSERT INTO calls (id, tenant_id, room_id, type, mode, status, created_by, created_at,
-                       ring_timeout_seconds, livekit_room, ring_deadline, livekit_cleanup_pending)
+                       ring_timeout_seconds, livekit_room, ring_deadline, media_deadline,
+                       custom, livekit_cleanup_pending)
     VALUES (%(id)s, %(tenant)s, %(room)s, %(type)s, %(mode)s, %(status)s, %(created_by)s,
             %(created_at)s, %(ring_timeout_seconds)s, %(livekit_room)s, %(ring_deadline)s,
-            false)
+            %(media_deadline)s, %(custom)s, false)
     ON CONFLICT (room_id) WHERE status IN ('ringing', 'active') DO NOTHING
     RETURNING id
 ),
@@ -143,7 +144,7 @@ SAVE = (
 WITH c AS (
     UPDATE calls SET status = %(status)s, answered_at = %(answered_at)s,
         ended_at = %(ended_at)s, end_reason = %(end_reason)s,
-        ring_deadline = %(ring_deadline)s,
+        ring_deadline = %(ring_deadline)s, media_deadline = %(media_deadline)s,
         livekit_cleanup_pending = livekit_cleanup_pending OR %(ended_now)s,
         version = version + 1
     WHERE id = %(id)s
@@ -164,11 +165,21 @@ SELECT pg_notify('"""
     + """', '') WHERE cardinality(%(o_id)s::text[]) > 0"""
 )
 
-DUE_RINGING = f"""
+_DUE = f"""
 SELECT now(), {_CALL_COLUMNS} FROM calls c
-WHERE c.status = 'ringing' AND c.ring_deadline <= now()
-ORDER BY c.ring_deadline LIMIT %(limit)s
+WHERE c.status = '{{status}}' AND c.{{deadline}} <= now()
+ORDER BY c.{{deadline}} LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED"""
+DUE_RINGING = _DUE.format(status="ringing", deadline="ring_deadline")
+DUE_NO_MEDIA = _DUE.format(status="active", deadline="media_deadline")
+
+# Active calls for reconciliation with LiveKit, oldest first; SKIP LOCKED: a call in a
+# transition now is looked at next round.
+ACTIVE = f"""
+SELECT now(), {_CALL_COLUMNS} FROM calls c WHERE c.status = 'active'
+ORDER BY c.created_at LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED"""
+
 
 LOCK_BY_MEDIA_ROOM = f"""
 SELECT now(), {_CALL_COLUMNS} FROM calls c WHERE c.livekit_room = %(livekit_room)s
@@ -199,7 +210,7 @@ def _call(row: Sequence[Any], participants: Iterable[Participant] = ()) -> Call 
     if row[0] is None:
         return None
     (id_, tenant, room, type_, mode, status, created_by, created_at, ring_timeout, livekit_room,
-     answered_at, ended_at, end_reason, ring_deadline) = row  # fmt: skip
+     answered_at, ended_at, end_reason, ring_deadline, media_deadline, custom) = row  # fmt: skip
     return Call(
         id=id_,
         tenant_id=tenant,
@@ -215,6 +226,8 @@ def _call(row: Sequence[Any], participants: Iterable[Participant] = ()) -> Call 
         ended_at=ended_at,
         end_reason=end_reason,
         ring_deadline=ring_deadline,
+        media_deadline=media_deadline,
+        custom=custom,
         participants=tuple(sorted(participants, key=lambda p: p.user_id)),
     )
 
@@ -286,9 +299,10 @@ async def start_context(conn: AsyncConnection[Any], *, tenant: str, room: str) -
     return StartContext(row[0], _policy(row[1:5]), row[5], list(row[6]), row[7])
 
 
-async def lock_due_ringing(conn: AsyncConnection[Any], limit: int) -> tuple[datetime, list[Call]]:
-    """Ringing calls past their deadline; SKIP LOCKED lets replicas share the sweep."""
-    heads = await (await conn.execute(DUE_RINGING, {"limit": limit})).fetchall()
+async def lock_due(conn: AsyncConnection[Any], sql: str, limit: int) -> tuple[datetime, list[Call]]:
+    """Calls past a deadline (DUE_RINGING, DUE_NO_MEDIA) or ACTIVE ones, locked; SKIP
+    LOCKED lets replicas share a sweep."""
+    heads = await (await conn.execute(sql, {"limit": limit})).fetchall()
     if not heads:
         return datetime.min, []
     calls = await _attach_participants(conn, [h[1:] for h in heads])
@@ -314,6 +328,12 @@ async def _attach_participants(
         people[row[0]].append(_participant(row[1:]))
     calls = [_call(r, people[r[0]]) for r in call_rows]
     return [c for c in calls if c is not None]
+
+
+async def try_lock(conn: AsyncConnection[Any], key: int) -> bool:
+    """A transaction-scoped advisory lock, if free: one process at a time does the job."""
+    row = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,))).fetchone()
+    return bool(row and row[0])
 
 
 async def lock_pending_cleanups(conn: AsyncConnection[Any], limit: int) -> list[tuple[str, str]]:
@@ -344,6 +364,8 @@ def outbox_rows(
             id=new_id("evt"), type=e.type, tenant_id=call.tenant_id, user_id=e.actor, call=call_pb
         )
         event.occurred_at.FromDatetime(now)
+        if e.reason is not None:
+            event.reason = e.reason
         recipients = sorted(set(e.recipients))
         chunks = [
             recipients[i : i + RECIPIENTS_PER_MESSAGE]
@@ -406,6 +428,8 @@ async def insert_call(
         ring_timeout_seconds=call.ring_timeout_seconds,
         livekit_room=call.livekit_room,
         ring_deadline=call.ring_deadline,
+        media_deadline=call.media_deadline,
+        custom=Jsonb(call.custom) if call.custom is not None else None,
     )
     return await (await conn.execute(INSERT_CALL, params)).fetchone() is not None
 
@@ -427,10 +451,18 @@ async def save(
         ended_at=call.ended_at,
         end_reason=call.end_reason,
         ring_deadline=call.ring_deadline,
+        media_deadline=call.media_deadline,
     )
     await conn.execute(SAVE, params)
 
 
 def _lifecycle(call: Call) -> tuple[Any, ...]:
     """The call row's columns a transition may change."""
-    return (call.status, call.answered_at, call.ended_at, call.end_reason, call.ring_deadline)
+    return (
+        call.status,
+        call.answered_at,
+        call.ended_at,
+        call.end_reason,
+        call.ring_deadline,
+        call.media_deadline,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from services.calls import domain, store
 from services.calls.domain import Call, Change
@@ -20,18 +21,50 @@ from services.common.logging import log_fields
 log = logging.getLogger(__name__)
 
 
-async def expire_ringing(calls: CallTransitions, limit: int = 50) -> int:
-    """Ends ringing calls past their deadline as missed (`timeout`)."""
+RECONCILE_LOCK = 727276
+
+
+async def _apply_due(
+    calls: CallTransitions, sql: str, rule: Callable[[Call, datetime], Change], limit: int
+) -> int:
+    """Locks the calls a sweep query finds and applies `rule` to each, in one transaction."""
     done: list[tuple[Call, Change]] = []
     async with calls.transaction() as conn:
-        now, due = await store.lock_due_ringing(conn, limit)
+        now, due = await store.lock_due(conn, sql, limit)
         for call in due:
-            change = domain.expire(call, now)
+            change = rule(call, now)
             await calls.save(conn, call, change, now)
             done.append((call, change))
     for call, change in done:
         calls.after_commit(call, change)
     return len(done)
+
+
+async def expire_ringing(calls: CallTransitions, limit: int = 50) -> int:
+    """Ends ringing calls past their deadline as missed (`timeout`)."""
+    return await _apply_due(calls, store.DUE_RINGING, domain.expire, limit)
+
+
+async def end_silent_calls(calls: CallTransitions, limit: int = 50) -> int:
+    """Ends live calls nobody has been in the media room of for the grace (`no_media`)."""
+    return await _apply_due(calls, store.DUE_NO_MEDIA, domain.no_media, limit)
+
+
+async def reconcile_media(calls: CallTransitions, media: Media, limit: int = 1000) -> None:
+    """Checks active calls against LiveKit's rooms, because webhooks get lost: an empty
+    (or missing) media room starts the no-media clock, an occupied one stops it. One
+    process at a time; nothing changes while LiveKit cannot answer."""
+    occupied = await media.occupied_rooms()
+    if occupied is None:
+        return
+    grace = calls.media_grace
+    async with calls.transaction() as conn:
+        if not await store.try_lock(conn, RECONCILE_LOCK):
+            return
+        now, active = await store.lock_due(conn, store.ACTIVE, limit)
+        for call in active:
+            in_room = occupied.get(call.livekit_room, 0) > 0
+            await calls.save(conn, call, domain.media_occupancy(call, in_room, grace, now), now)
 
 
 async def clean_media_rooms(calls: CallTransitions, media: Media, limit: int = 20) -> None:

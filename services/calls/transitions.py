@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -17,7 +17,7 @@ from sendsar.calls.v1 import calls_pb2 as pb
 
 from services.calls import domain, store
 from services.calls.convert import call_to_pb
-from services.calls.domain import Call, CallPolicy, Change
+from services.calls.domain import Actor, Call, CallPolicy, Change
 from services.calls.media import Media, MediaSignal
 from services.common.errors import UNAVAILABLE
 from services.common.logging import call_id_var
@@ -35,9 +35,15 @@ class Applied:
 
 
 class CallTransitions:
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], media: Media) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        media: Media,
+        media_grace: timedelta = timedelta(seconds=60),
+    ) -> None:
         self.pool = pool
         self.media = media
+        self.media_grace = media_grace
         self._jobs: set[asyncio.Task[None]] = set()
         # Ended calls whose LiveKit room is to go (call id, room); sweeps.remove_ended_rooms
         # deletes them in batches. Durable all the same: the rows stay marked until done.
@@ -57,13 +63,24 @@ class CallTransitions:
         await store.save(conn, before, change, message, now)
         return Applied(change.call, message)
 
+    def policy(self, loaded: CallPolicy | None) -> CallPolicy:
+        """The tenant's policy (calls enabled) with this service's media grace."""
+        return replace(domain.require_enabled(loaded), media_grace=self.media_grace)
+
     def after_commit(self, before: Call | None, change: Change) -> None:
         """LiveKit work of a committed change, in the background (never delays the reply)."""
         call = change.call
         if call.status == "ended" and (before is None or before.status != "ended"):
             self.ended_rooms.put_nowait((call.id, call.livekit_room))
+        elif call.status == "active" and (before is None or before.status != "active"):
+            # Outlives our grace, so the call's own no-media deadline decides.
+            idle = int(self.media_grace.total_seconds()) + 60
+            self._spawn(self._create_room(call.livekit_room, idle))
         for user_id in change.kicked:
             self._spawn(self.media.remove_participant(call.livekit_room, user_id))
+
+    async def _create_room(self, livekit_room: str, idle_seconds: int) -> None:
+        await self.media.create_room(livekit_room, idle_seconds)
 
     def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(job)
@@ -100,7 +117,7 @@ class CallTransitions:
             loaded = await store.load_for_update(
                 conn, tenant=tenant, room=room, call=call, user=user, lock=False
             )
-        domain.require_enabled(loaded.policy)
+        self.policy(loaded.policy)
         domain.require_member(loaded.room_exists, loaded.is_member)
         found = domain.token_holder(domain.require_live(loaded.call), user)
         call_id_var.set(found.id)
@@ -108,10 +125,18 @@ class CallTransitions:
 
     # --- transitions ------------------------------------------------------------------
 
-    async def start(self, *, tenant: str, room: str, user: str, call_type: str | None) -> Applied:
+    async def start(
+        self,
+        *,
+        tenant: str,
+        room: str,
+        user: str,
+        call_type: str | None,
+        custom: dict[str, Any] | None = None,
+    ) -> Applied:
         async with self.transaction() as conn:
             ctx = await store.start_context(conn, tenant=tenant, room=room)
-            policy = domain.require_enabled(ctx.policy)
+            policy = self.policy(ctx.policy)
             domain.require_member(ctx.room_exists, user in ctx.members)
             live_call_id = ctx.live_call_id
             # Insert-or-join, retried: the live call we collided with may end in between.
@@ -126,33 +151,37 @@ class CallTransitions:
                         call_type=call_type,
                         policy=policy,
                         now=ctx.now,
+                        custom=custom,
                     )
                     message = call_to_pb(change.call)
                     if await store.insert_call(conn, change, message, ctx.now):
                         call_id_var.set(change.call.id)
-                        return Applied(change.call, message)
+                        applied = Applied(change.call, message)
+                        before = None
+                        break
                 loaded = await store.lock_live_call(conn, tenant=tenant, room=room, user=user)
                 if loaded.call is not None:
                     call_id_var.set(loaded.call.id)
                     domain.require_member(loaded.room_exists, loaded.is_member)
                     change = domain.join_live(loaded.call, user, policy, loaded.now)
-                    applied = await self.save(conn, loaded.call, change, loaded.now)
+                    before = loaded.call
+                    applied = await self.save(conn, before, change, loaded.now)
                     break
                 live_call_id = None
             else:
                 raise UNAVAILABLE
-        return self._finish(loaded.call, change, applied)
+        return self._finish(before, change, applied)
 
     async def _on_call(
-        self, *, tenant: str, room: str, call: str, user: str, rule: Rule
+        self, *, tenant: str, room: str, call: str, user: str | None, rule: Rule
     ) -> Applied:
-        """A transition of one live call by one room member."""
+        """A transition of one live call by one room member (None: by the tenant)."""
         async with self.transaction() as conn:
             loaded = await store.load_for_update(
-                conn, tenant=tenant, room=room, call=call, user=user
+                conn, tenant=tenant, room=room, call=call, user=user or ""
             )
-            policy = domain.require_enabled(loaded.policy)
-            domain.require_member(loaded.room_exists, loaded.is_member)
+            policy = self.policy(loaded.policy)
+            domain.require_member(loaded.room_exists, loaded.is_member or user is None)
             before = domain.require_live(loaded.call)
             call_id_var.set(before.id)
             change = rule(before, policy, loaded.now)
@@ -198,6 +227,43 @@ class CallTransitions:
             rule=lambda c, _, now: domain.leave(c, user, now),
         )
 
+    # --- moderation ---------------------------------------------------------------------
+
+    async def end_by_host(self, *, tenant: str, room: str, call: str) -> Applied:
+        return await self._on_call(
+            tenant=tenant,
+            room=room,
+            call=call,
+            user=None,
+            rule=lambda c, _, now: domain.end_by_host(c, now),
+        )
+
+    async def remove(
+        self, *, tenant: str, room: str, call: str, actor: Actor, target: str
+    ) -> Applied:
+        return await self._on_call(
+            tenant=tenant,
+            room=room,
+            call=call,
+            user=actor.user_id,
+            rule=lambda c, _, now: domain.remove(c, actor, target, now),
+        )
+
+    async def mute(
+        self, *, tenant: str, room: str, call: str, actor: Actor, target: str, kind: str
+    ) -> Applied:
+        """Mutes a participant's tracks of a kind in LiveKit (no state of ours changes)."""
+        async with self.pool.connection() as conn:
+            loaded = await store.load_for_update(
+                conn, tenant=tenant, room=room, call=call, user=actor.user_id or "", lock=False
+            )
+        self.policy(loaded.policy)
+        domain.require_member(loaded.room_exists, loaded.is_member or actor.host)
+        found = domain.require_live(loaded.call)
+        domain.mute_target(found, actor, target)
+        await self.media.mute(found.livekit_room, target, kind)
+        return Applied(found, call_to_pb(found))
+
     # --- driven by LiveKit ---------------------------------------------------------------
 
     async def media_signal(self, signal: MediaSignal) -> None:
@@ -207,8 +273,10 @@ class CallTransitions:
             if call is None:
                 return
             call_id_var.set(call.id)
-            if signal.room_finished:
+            if signal.kind == "room_finished":
                 change = domain.media_ended(call, now)
+            elif signal.kind == "joined":
+                change = domain.media_joined(call, signal.identity)
             else:
                 change = domain.media_left(call, signal.identity, signal.session_started, now)
             await self.save(conn, call, change, now)

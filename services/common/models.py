@@ -137,6 +137,11 @@ class Call(SQLModel, table=True):
             "ended_at",
             postgresql_where=text("livekit_cleanup_pending"),
         ),
+        Index(
+            "ix_calls_media_deadline",
+            "media_deadline",
+            postgresql_where=text("status = 'active'"),
+        ),
     )
 
     id: str = Field(primary_key=True)
@@ -161,6 +166,9 @@ class Call(SQLModel, table=True):
     version: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
     )
+    # A live call with nobody in its media room ends (no_media) at this time.
+    media_deadline: datetime | None = _ts(nullable=True)
+    custom: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
 
 
 class CallParticipant(SQLModel, table=True):
@@ -169,7 +177,7 @@ class CallParticipant(SQLModel, table=True):
     call_id: str = Field(sa_column=Column(String, ForeignKey("calls.id"), primary_key=True))
     user_id: str = Field(primary_key=True)
     tenant_id: str
-    state: str  # invited | joined | declined | left
+    state: str  # invited | joined | declined | left | removed
     joined_at: datetime | None = _ts(nullable=True)
     left_at: datetime | None = _ts(nullable=True)
     ever_joined: bool = False

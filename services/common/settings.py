@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     LIVEKIT_API_TIMEOUT_SECONDS: float = 2.0
 
     RING_SWEEP_INTERVAL_SECONDS: float = Field(default=0.25, gt=0, le=5)
+    # A live call nobody has been in the media room of for this long ends (no_media).
+    CALL_MEDIA_GRACE_SECONDS: int = Field(default=60, ge=1, le=3600)
+    # How often one replica checks active calls against LiveKit's rooms.
+    CALL_RECONCILE_SECONDS: float = Field(default=15.0, gt=0, le=600)
     OUTBOX_POLL_SECONDS: float = Field(default=1.0, gt=0)
 
     # socket bridge

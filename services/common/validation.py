@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 from urllib.parse import urlparse
+
+from google.protobuf import json_format, struct_pb2
 
 from services.common.errors import invalid
 
@@ -36,6 +40,25 @@ def call_type(value: str, field: str = "type") -> str:
     if value not in CALL_TYPES:
         raise invalid(field, "must be 'audio' or 'video'", reason="INVALID_CALL_TYPE")
     return value
+
+
+def one_of(value: str, field: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise invalid(field, "must be one of " + ", ".join(f"'{a}'" for a in allowed))
+    return value
+
+
+CUSTOM_MAX_BYTES = 4096
+
+
+def custom_data(value: struct_pb2.Struct, field: str = "custom") -> dict[str, Any]:
+    """The integrator's JSON object, at most 4 KiB as compact JSON."""
+    data = json_format.MessageToDict(value)
+    if len(json.dumps(data, separators=(",", ":")).encode()) > CUSTOM_MAX_BYTES:
+        raise invalid(
+            field, f"must be at most {CUSTOM_MAX_BYTES} bytes of JSON", reason="CUSTOM_TOO_LARGE"
+        )
+    return data
 
 
 def http_url(value: str, field: str = "url") -> str:

@@ -673,11 +673,14 @@ def test_malformed_call_ids_are_400(tenant: Tenant, users: Users) -> None:
 
 
 def test_api_key_is_not_a_session_on_calls_endpoints(tenant: Tenant, users: Users) -> None:
+    """The tenant's key only moderates (end, remove, mute: test_in_call_control.py)."""
     room, call = ring(tenant, users)
     with tenant.api() as key:
         refused(key.get(calls_path(room) + "/active"), 403, "SESSION_REQUIRED")
         refused(key.post(calls_path(room), json={}), 403, "SESSION_REQUIRED")
         for action in ACTIONS:
+            if action == "end":
+                continue
             reply = key.post(calls_path(room, call["id"], action), json={})
             refused(reply, 403, "SESSION_REQUIRED")
     with httpx.Client(

@@ -26,10 +26,11 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csendsar/calls/v1/calls.proto\x12\x10sendsar.calls.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n\x0bParticipant\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12-\n\tjoined_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07left_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xed\x02\n\x04\x43\x61ll\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\nend_reason\x18\n \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x14ring_timeout_seconds\x18\x0b \x01(\x05\x12\x33\n\x0cparticipants\x18\x0c \x03(\x0b\x32\x1d.sendsar.calls.v1.ParticipantB\r\n\x0b_end_reason\"0\n\x12LiveKitCredentials\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"-\n\x14GetActiveCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x15GetActiveCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\"E\n\x10StartCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x04type\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_type\"p\n\x11StartCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x35\n\x07livekit\x18\x02 \x01(\x0b\x32$.sendsar.calls.v1.LiveKitCredentials\"A\n\x11\x41\x63\x63\x65ptCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"q\n\x12\x41\x63\x63\x65ptCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x35\n\x07livekit\x18\x02 \x01(\x0b\x32$.sendsar.calls.v1.LiveKitCredentials\"B\n\x12\x44\x65\x63lineCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\";\n\x13\x44\x65\x63lineCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\"^\n\x0e\x45ndCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x06reason\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_reason\"7\n\x0f\x45ndCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\"@\n\x10LeaveCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x11LeaveCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\"C\n\x13RefreshTokenRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"s\n\x14RefreshTokenResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x35\n\x07livekit\x18\x02 \x01(\x0b\x32$.sendsar.calls.v1.LiveKitCredentials2\xd5\x08\n\x0b\x43\x61llService\x12\x8c\x01\n\rGetActiveCall\x12&.sendsar.calls.v1.GetActiveCallRequest\x1a\'.sendsar.calls.v1.GetActiveCallResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/chat/rooms/{room_id}/calls/active\x12|\n\tStartCall\x12\".sendsar.calls.v1.StartCallRequest\x1a#.sendsar.calls.v1.StartCallResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/chat/rooms/{room_id}/calls:\x01*\x12\x90\x01\n\nAcceptCall\x12#.sendsar.calls.v1.AcceptCallRequest\x1a$.sendsar.calls.v1.AcceptCallResponse\"7\x82\xd3\xe4\x93\x02\x31\",/chat/rooms/{room_id}/calls/{call_id}/accept:\x01*\x12\x94\x01\n\x0b\x44\x65\x63lineCall\x12$.sendsar.calls.v1.DeclineCallRequest\x1a%.sendsar.calls.v1.DeclineCallResponse\"8\x82\xd3\xe4\x93\x02\x32\"-/chat/rooms/{room_id}/calls/{call_id}/decline:\x01*\x12\x84\x01\n\x07\x45ndCall\x12 .sendsar.calls.v1.EndCallRequest\x1a!.sendsar.calls.v1.EndCallResponse\"4\x82\xd3\xe4\x93\x02.\")/chat/rooms/{room_id}/calls/{call_id}/end:\x01*\x12\x8c\x01\n\tLeaveCall\x12\".sendsar.calls.v1.LeaveCallRequest\x1a#.sendsar.calls.v1.LeaveCallResponse\"6\x82\xd3\xe4\x93\x02\x30\"+/chat/rooms/{room_id}/calls/{call_id}/leave:\x01*\x12\x95\x01\n\x0cRefreshToken\x12%.sendsar.calls.v1.RefreshTokenRequest\x1a&.sendsar.calls.v1.RefreshTokenResponse\"6\x82\xd3\xe4\x93\x02\x30\"+/chat/rooms/{room_id}/calls/{call_id}/token:\x01*\x12\x61\n\x14HandleLivekitWebhook\x12\x14.google.api.HttpBody\x1a\x16.google.protobuf.Empty\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/livekit/webhook:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csendsar/calls/v1/calls.proto\x12\x10sendsar.calls.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n\x0bParticipant\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12-\n\tjoined_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07left_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x96\x03\n\x04\x43\x61ll\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\nend_reason\x18\n \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x14ring_timeout_seconds\x18\x0b \x01(\x05\x12\x33\n\x0cparticipants\x18\x0c \x03(\x0b\x32\x1d.sendsar.calls.v1.Participant\x12\'\n\x06\x63ustom\x18\r \x01(\x0b\x32\x17.google.protobuf.StructB\r\n\x0b_end_reason\"0\n\x12LiveKitCredentials\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"-\n\x14GetActiveCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x15GetActiveCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\"n\n\x10StartCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x04type\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\'\n\x06\x63ustom\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x07\n\x05_type\"p\n\x11StartCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x35\n\x07livekit\x18\x02 \x01(\x0b\x32$.sendsar.calls.v1.LiveKitCredentials\"A\n\x11\x41\x63\x63\x65ptCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"q\n\x12\x41\x63\x63\x65ptCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x35\n\x07livekit\x18\x02 \x01(\x0b\x32$.sendsar.calls.v1.LiveKitCredentials\"B\n\x12\x44\x65\x63lineCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\";\n\x13\x44\x65\x63lineCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\"^\n\x0e\x45ndCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x06reason\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_reason\"7\n\x0f\x45ndCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\"@\n\x10LeaveCallRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x11LeaveCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\"C\n\x13RefreshTokenRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"s\n\x14RefreshTokenResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x35\n\x07livekit\x18\x02 \x01(\x0b\x32$.sendsar.calls.v1.LiveKitCredentials\"_\n\x18RemoveParticipantRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x19RemoveParticipantResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\"q\n\x16MuteParticipantRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61ll_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04kind\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"?\n\x17MuteParticipantResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call2\xcb\x0b\n\x0b\x43\x61llService\x12\x8c\x01\n\rGetActiveCall\x12&.sendsar.calls.v1.GetActiveCallRequest\x1a\'.sendsar.calls.v1.GetActiveCallResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/chat/rooms/{room_id}/calls/active\x12|\n\tStartCall\x12\".sendsar.calls.v1.StartCallRequest\x1a#.sendsar.calls.v1.StartCallResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/chat/rooms/{room_id}/calls:\x01*\x12\x90\x01\n\nAcceptCall\x12#.sendsar.calls.v1.AcceptCallRequest\x1a$.sendsar.calls.v1.AcceptCallResponse\"7\x82\xd3\xe4\x93\x02\x31\",/chat/rooms/{room_id}/calls/{call_id}/accept:\x01*\x12\x94\x01\n\x0b\x44\x65\x63lineCall\x12$.sendsar.calls.v1.DeclineCallRequest\x1a%.sendsar.calls.v1.DeclineCallResponse\"8\x82\xd3\xe4\x93\x02\x32\"-/chat/rooms/{room_id}/calls/{call_id}/decline:\x01*\x12\x84\x01\n\x07\x45ndCall\x12 .sendsar.calls.v1.EndCallRequest\x1a!.sendsar.calls.v1.EndCallResponse\"4\x82\xd3\xe4\x93\x02.\")/chat/rooms/{room_id}/calls/{call_id}/end:\x01*\x12\x8c\x01\n\tLeaveCall\x12\".sendsar.calls.v1.LeaveCallRequest\x1a#.sendsar.calls.v1.LeaveCallResponse\"6\x82\xd3\xe4\x93\x02\x30\"+/chat/rooms/{room_id}/calls/{call_id}/leave:\x01*\x12\x95\x01\n\x0cRefreshToken\x12%.sendsar.calls.v1.RefreshTokenRequest\x1a&.sendsar.calls.v1.RefreshTokenResponse\"6\x82\xd3\xe4\x93\x02\x30\"+/chat/rooms/{room_id}/calls/{call_id}/token:\x01*\x12\xbc\x01\n\x11RemoveParticipant\x12*.sendsar.calls.v1.RemoveParticipantRequest\x1a+.sendsar.calls.v1.RemoveParticipantResponse\"N\x82\xd3\xe4\x93\x02H\"C/chat/rooms/{room_id}/calls/{call_id}/participants/{user_id}/remove:\x01*\x12\xb4\x01\n\x0fMuteParticipant\x12(.sendsar.calls.v1.MuteParticipantRequest\x1a).sendsar.calls.v1.MuteParticipantResponse\"L\x82\xd3\xe4\x93\x02\x46\"A/chat/rooms/{room_id}/calls/{call_id}/participants/{user_id}/mute:\x01*\x12\x61\n\x14HandleLivekitWebhook\x12\x14.google.api.HttpBody\x1a\x16.google.protobuf.Empty\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/livekit/webhook:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,6 +61,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['room_id']._serialized_options = b'\342A\001\002'
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['call_id']._loaded_options = None
   _globals['_REFRESHTOKENREQUEST'].fields_by_name['call_id']._serialized_options = b'\342A\001\002'
+  _globals['_REMOVEPARTICIPANTREQUEST'].fields_by_name['room_id']._loaded_options = None
+  _globals['_REMOVEPARTICIPANTREQUEST'].fields_by_name['room_id']._serialized_options = b'\342A\001\002'
+  _globals['_REMOVEPARTICIPANTREQUEST'].fields_by_name['call_id']._loaded_options = None
+  _globals['_REMOVEPARTICIPANTREQUEST'].fields_by_name['call_id']._serialized_options = b'\342A\001\002'
+  _globals['_REMOVEPARTICIPANTREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_REMOVEPARTICIPANTREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
+  _globals['_MUTEPARTICIPANTREQUEST'].fields_by_name['room_id']._loaded_options = None
+  _globals['_MUTEPARTICIPANTREQUEST'].fields_by_name['room_id']._serialized_options = b'\342A\001\002'
+  _globals['_MUTEPARTICIPANTREQUEST'].fields_by_name['call_id']._loaded_options = None
+  _globals['_MUTEPARTICIPANTREQUEST'].fields_by_name['call_id']._serialized_options = b'\342A\001\002'
+  _globals['_MUTEPARTICIPANTREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_MUTEPARTICIPANTREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
+  _globals['_MUTEPARTICIPANTREQUEST'].fields_by_name['kind']._loaded_options = None
+  _globals['_MUTEPARTICIPANTREQUEST'].fields_by_name['kind']._serialized_options = b'\342A\001\002'
   _globals['_CALLSERVICE'].methods_by_name['GetActiveCall']._loaded_options = None
   _globals['_CALLSERVICE'].methods_by_name['GetActiveCall']._serialized_options = b'\202\323\344\223\002$\022\"/chat/rooms/{room_id}/calls/active'
   _globals['_CALLSERVICE'].methods_by_name['StartCall']._loaded_options = None
@@ -74,42 +89,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLSERVICE'].methods_by_name['LeaveCall']._serialized_options = b'\202\323\344\223\0020\"+/chat/rooms/{room_id}/calls/{call_id}/leave:\001*'
   _globals['_CALLSERVICE'].methods_by_name['RefreshToken']._loaded_options = None
   _globals['_CALLSERVICE'].methods_by_name['RefreshToken']._serialized_options = b'\202\323\344\223\0020\"+/chat/rooms/{room_id}/calls/{call_id}/token:\001*'
+  _globals['_CALLSERVICE'].methods_by_name['RemoveParticipant']._loaded_options = None
+  _globals['_CALLSERVICE'].methods_by_name['RemoveParticipant']._serialized_options = b'\202\323\344\223\002H\"C/chat/rooms/{room_id}/calls/{call_id}/participants/{user_id}/remove:\001*'
+  _globals['_CALLSERVICE'].methods_by_name['MuteParticipant']._loaded_options = None
+  _globals['_CALLSERVICE'].methods_by_name['MuteParticipant']._serialized_options = b'\202\323\344\223\002F\"A/chat/rooms/{room_id}/calls/{call_id}/participants/{user_id}/mute:\001*'
   _globals['_CALLSERVICE'].methods_by_name['HandleLivekitWebhook']._loaded_options = None
   _globals['_CALLSERVICE'].methods_by_name['HandleLivekitWebhook']._serialized_options = b'\202\323\344\223\002\025\"\020/livekit/webhook:\001*'
-  _globals['_PARTICIPANT']._serialized_start=203
-  _globals['_PARTICIPANT']._serialized_end=340
-  _globals['_CALL']._serialized_start=343
-  _globals['_CALL']._serialized_end=708
-  _globals['_LIVEKITCREDENTIALS']._serialized_start=710
-  _globals['_LIVEKITCREDENTIALS']._serialized_end=758
-  _globals['_GETACTIVECALLREQUEST']._serialized_start=760
-  _globals['_GETACTIVECALLREQUEST']._serialized_end=805
-  _globals['_GETACTIVECALLRESPONSE']._serialized_start=807
-  _globals['_GETACTIVECALLRESPONSE']._serialized_end=868
-  _globals['_STARTCALLREQUEST']._serialized_start=870
-  _globals['_STARTCALLREQUEST']._serialized_end=939
-  _globals['_STARTCALLRESPONSE']._serialized_start=941
-  _globals['_STARTCALLRESPONSE']._serialized_end=1053
-  _globals['_ACCEPTCALLREQUEST']._serialized_start=1055
-  _globals['_ACCEPTCALLREQUEST']._serialized_end=1120
-  _globals['_ACCEPTCALLRESPONSE']._serialized_start=1122
-  _globals['_ACCEPTCALLRESPONSE']._serialized_end=1235
-  _globals['_DECLINECALLREQUEST']._serialized_start=1237
-  _globals['_DECLINECALLREQUEST']._serialized_end=1303
-  _globals['_DECLINECALLRESPONSE']._serialized_start=1305
-  _globals['_DECLINECALLRESPONSE']._serialized_end=1364
-  _globals['_ENDCALLREQUEST']._serialized_start=1366
-  _globals['_ENDCALLREQUEST']._serialized_end=1460
-  _globals['_ENDCALLRESPONSE']._serialized_start=1462
-  _globals['_ENDCALLRESPONSE']._serialized_end=1517
-  _globals['_LEAVECALLREQUEST']._serialized_start=1519
-  _globals['_LEAVECALLREQUEST']._serialized_end=1583
-  _globals['_LEAVECALLRESPONSE']._serialized_start=1585
-  _globals['_LEAVECALLRESPONSE']._serialized_end=1642
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=1644
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=1711
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=1713
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=1828
-  _globals['_CALLSERVICE']._serialized_start=1831
-  _globals['_CALLSERVICE']._serialized_end=2940
+  _globals['_PARTICIPANT']._serialized_start=233
+  _globals['_PARTICIPANT']._serialized_end=370
+  _globals['_CALL']._serialized_start=373
+  _globals['_CALL']._serialized_end=779
+  _globals['_LIVEKITCREDENTIALS']._serialized_start=781
+  _globals['_LIVEKITCREDENTIALS']._serialized_end=829
+  _globals['_GETACTIVECALLREQUEST']._serialized_start=831
+  _globals['_GETACTIVECALLREQUEST']._serialized_end=876
+  _globals['_GETACTIVECALLRESPONSE']._serialized_start=878
+  _globals['_GETACTIVECALLRESPONSE']._serialized_end=939
+  _globals['_STARTCALLREQUEST']._serialized_start=941
+  _globals['_STARTCALLREQUEST']._serialized_end=1051
+  _globals['_STARTCALLRESPONSE']._serialized_start=1053
+  _globals['_STARTCALLRESPONSE']._serialized_end=1165
+  _globals['_ACCEPTCALLREQUEST']._serialized_start=1167
+  _globals['_ACCEPTCALLREQUEST']._serialized_end=1232
+  _globals['_ACCEPTCALLRESPONSE']._serialized_start=1234
+  _globals['_ACCEPTCALLRESPONSE']._serialized_end=1347
+  _globals['_DECLINECALLREQUEST']._serialized_start=1349
+  _globals['_DECLINECALLREQUEST']._serialized_end=1415
+  _globals['_DECLINECALLRESPONSE']._serialized_start=1417
+  _globals['_DECLINECALLRESPONSE']._serialized_end=1476
+  _globals['_ENDCALLREQUEST']._serialized_start=1478
+  _globals['_ENDCALLREQUEST']._serialized_end=1572
+  _globals['_ENDCALLRESPONSE']._serialized_start=1574
+  _globals['_ENDCALLRESPONSE']._serialized_end=1629
+  _globals['_LEAVECALLREQUEST']._serialized_start=1631
+  _globals['_LEAVECALLREQUEST']._serialized_end=1695
+  _globals['_LEAVECALLRESPONSE']._serialized_start=1697
+  _globals['_LEAVECALLRESPONSE']._serialized_end=1754
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=1756
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=1823
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=1825
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=1940
+  _globals['_REMOVEPARTICIPANTREQUEST']._serialized_start=1942
+  _globals['_REMOVEPARTICIPANTREQUEST']._serialized_end=2037
+  _globals['_REMOVEPARTICIPANTRESPONSE']._serialized_start=2039
+  _globals['_REMOVEPARTICIPANTRESPONSE']._serialized_end=2104
+  _globals['_MUTEPARTICIPANTREQUEST']._serialized_start=2106
+  _globals['_MUTEPARTICIPANTREQUEST']._serialized_end=2219
+  _globals['_MUTEPARTICIPANTRESPONSE']._serialized_start=2221
+  _globals['_MUTEPARTICIPANTRESPONSE']._serialized_end=2284
+  _globals['_CALLSERVICE']._serialized_start=2287
+  _globals['_CALLSERVICE']._serialized_end=3770
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -26,7 +27,7 @@ class Participant(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., state: _Optional[str] = ..., joined_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., left_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("id", "room_id", "type", "mode", "status", "created_by", "created_at", "answered_at", "ended_at", "end_reason", "ring_timeout_seconds", "participants")
+    __slots__ = ("id", "room_id", "type", "mode", "status", "created_by", "created_at", "answered_at", "ended_at", "end_reason", "ring_timeout_seconds", "participants", "custom")
     ID_FIELD_NUMBER: _ClassVar[int]
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +40,7 @@ class Call(_message.Message):
     END_REASON_FIELD_NUMBER: _ClassVar[int]
     RING_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
     id: str
     room_id: str
     type: str
@@ -51,7 +53,8 @@ class Call(_message.Message):
     end_reason: str
     ring_timeout_seconds: int
     participants: _containers.RepeatedCompositeFieldContainer[Participant]
-    def __init__(self, id: _Optional[str] = ..., room_id: _Optional[str] = ..., type: _Optional[str] = ..., mode: _Optional[str] = ..., status: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_reason: _Optional[str] = ..., ring_timeout_seconds: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ...) -> None: ...
+    custom: _struct_pb2.Struct
+    def __init__(self, id: _Optional[str] = ..., room_id: _Optional[str] = ..., type: _Optional[str] = ..., mode: _Optional[str] = ..., status: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_reason: _Optional[str] = ..., ring_timeout_seconds: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., custom: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class LiveKitCredentials(_message.Message):
     __slots__ = ("url", "token")
@@ -74,12 +77,14 @@ class GetActiveCallResponse(_message.Message):
     def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
 
 class StartCallRequest(_message.Message):
-    __slots__ = ("room_id", "type")
+    __slots__ = ("room_id", "type", "custom")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     type: str
-    def __init__(self, room_id: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
+    custom: _struct_pb2.Struct
+    def __init__(self, room_id: _Optional[str] = ..., type: _Optional[str] = ..., custom: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class StartCallResponse(_message.Message):
     __slots__ = ("call", "livekit")
@@ -164,3 +169,37 @@ class RefreshTokenResponse(_message.Message):
     call: Call
     livekit: LiveKitCredentials
     def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ..., livekit: _Optional[_Union[LiveKitCredentials, _Mapping]] = ...) -> None: ...
+
+class RemoveParticipantRequest(_message.Message):
+    __slots__ = ("room_id", "call_id", "user_id")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    user_id: str
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class RemoveParticipantResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+
+class MuteParticipantRequest(_message.Message):
+    __slots__ = ("room_id", "call_id", "user_id", "kind")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    user_id: str
+    kind: str
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ..., user_id: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class MuteParticipantResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...

@@ -29,7 +29,8 @@ if _version_not_supported:
 
 class CallServiceStub:
     """CallService: the call state machine of a chat room. Session token; the
-    caller must be a member of the room.
+    caller must be a member of the room. Moderation (remove, mute, end) also takes
+    the tenant's API key.
     """
 
     def __init__(self, channel):
@@ -73,6 +74,16 @@ class CallServiceStub:
                 request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RefreshTokenRequest.SerializeToString,
                 response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RefreshTokenResponse.FromString,
                 _registered_method=True)
+        self.RemoveParticipant = channel.unary_unary(
+                '/sendsar.calls.v1.CallService/RemoveParticipant',
+                request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RemoveParticipantRequest.SerializeToString,
+                response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RemoveParticipantResponse.FromString,
+                _registered_method=True)
+        self.MuteParticipant = channel.unary_unary(
+                '/sendsar.calls.v1.CallService/MuteParticipant',
+                request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantRequest.SerializeToString,
+                response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantResponse.FromString,
+                _registered_method=True)
         self.HandleLivekitWebhook = channel.unary_unary(
                 '/sendsar.calls.v1.CallService/HandleLivekitWebhook',
                 request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
@@ -82,7 +93,8 @@ class CallServiceStub:
 
 class CallServiceServicer:
     """CallService: the call state machine of a chat room. Session token; the
-    caller must be a member of the room.
+    caller must be a member of the room. Moderation (remove, mute, end) also takes
+    the tenant's API key.
     """
 
     def GetActiveCall(self, request, context):
@@ -114,7 +126,8 @@ class CallServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EndCall(self, request, context):
-        """Ends the call for everyone (1:1 either side; group: the creator).
+        """Ends the call for everyone (1:1 either side; group: the creator; the
+        tenant's API key: any call, as "ended_by_host").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +142,22 @@ class CallServiceServicer:
 
     def RefreshToken(self, request, context):
         """A fresh LiveKit token for a current participant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveParticipant(self, request, context):
+        """Removes a user from the call and its media room; they cannot rejoin it.
+        A group call's creator, or the tenant's API key on any call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MuteParticipant(self, request, context):
+        """Mutes a participant's published tracks of one kind in LiveKit.
+        A group call's creator, or the tenant's API key on any call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,6 +208,16 @@ def add_CallServiceServicer_to_server(servicer, server):
                     request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RefreshTokenRequest.FromString,
                     response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RefreshTokenResponse.SerializeToString,
             ),
+            'RemoveParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveParticipant,
+                    request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RemoveParticipantRequest.FromString,
+                    response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RemoveParticipantResponse.SerializeToString,
+            ),
+            'MuteParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.MuteParticipant,
+                    request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantRequest.FromString,
+                    response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantResponse.SerializeToString,
+            ),
             'HandleLivekitWebhook': grpc.unary_unary_rpc_method_handler(
                     servicer.HandleLivekitWebhook,
                     request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
@@ -194,7 +233,8 @@ def add_CallServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class CallService:
     """CallService: the call state machine of a chat room. Session token; the
-    caller must be a member of the room.
+    caller must be a member of the room. Moderation (remove, mute, end) also takes
+    the tenant's API key.
     """
 
     @staticmethod
@@ -376,6 +416,60 @@ class CallService:
             '/sendsar.calls.v1.CallService/RefreshToken',
             sendsar_dot_calls_dot_v1_dot_calls__pb2.RefreshTokenRequest.SerializeToString,
             sendsar_dot_calls_dot_v1_dot_calls__pb2.RefreshTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.calls.v1.CallService/RemoveParticipant',
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.RemoveParticipantRequest.SerializeToString,
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.RemoveParticipantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MuteParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.calls.v1.CallService/MuteParticipant',
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantRequest.SerializeToString,
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantResponse.FromString,
             options,
             channel_credentials,
             insecure,

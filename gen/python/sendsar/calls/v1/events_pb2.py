@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sendsar.calls.v1 import calls_pb2 as sendsar_dot_calls_dot_v1_dot_calls__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsendsar/calls/v1/events.proto\x12\x10sendsar.calls.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1csendsar/calls/v1/calls.proto\"\xbc\x01\n\tCallEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12$\n\x04\x63\x61ll\x18\x06 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x1a\n\x12recipient_user_ids\x18\x07 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsendsar/calls/v1/events.proto\x12\x10sendsar.calls.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1csendsar/calls/v1/calls.proto\"\xdc\x01\n\tCallEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12$\n\x04\x63\x61ll\x18\x06 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x1a\n\x12recipient_user_ids\x18\x07 \x03(\t\x12\x13\n\x06reason\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_reasonb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,5 +34,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sendsar.calls.v1.events_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLEVENT']._serialized_start=115
-  _globals['_CALLEVENT']._serialized_end=303
+  _globals['_CALLEVENT']._serialized_end=335
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,7 @@ import datetime
 
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -98,7 +99,7 @@ class Part(_message.Message):
     def __init__(self, type: _Optional[str] = ..., text: _Optional[str] = ..., data: _Optional[_Union[CallRecord, _Mapping]] = ...) -> None: ...
 
 class CallRecord(_message.Message):
-    __slots__ = ("call_id", "type", "mode", "outcome", "end_reason", "initiator", "participants", "started_at", "answered_at", "ended_at", "duration_seconds")
+    __slots__ = ("call_id", "type", "mode", "outcome", "end_reason", "initiator", "participants", "started_at", "answered_at", "ended_at", "duration_seconds", "custom")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +111,7 @@ class CallRecord(_message.Message):
     ANSWERED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     type: str
     mode: str
@@ -121,4 +123,5 @@ class CallRecord(_message.Message):
     answered_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
     duration_seconds: int
-    def __init__(self, call_id: _Optional[str] = ..., type: _Optional[str] = ..., mode: _Optional[str] = ..., outcome: _Optional[str] = ..., end_reason: _Optional[str] = ..., initiator: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_seconds: _Optional[int] = ...) -> None: ...
+    custom: _struct_pb2.Struct
+    def __init__(self, call_id: _Optional[str] = ..., type: _Optional[str] = ..., mode: _Optional[str] = ..., outcome: _Optional[str] = ..., end_reason: _Optional[str] = ..., initiator: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_seconds: _Optional[int] = ..., custom: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
