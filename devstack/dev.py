@@ -71,6 +71,11 @@ class Config:
         return self.dir / "demo.json"
 
 
+def shown(path: Path) -> str:
+    """A path as the user would type it: relative to the checkout when inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def config() -> Config:
     ports = {}
     for variable, (default, _, _) in PORTS.items():
@@ -130,10 +135,17 @@ def ports_needed(cfg: Config, names: set[str]) -> list[leftovers.Port]:
 
 def start_postgres(sup: Supervisor, cfg: Config, env: dict[str, str]) -> None:
     port = cfg.ports["DEV_PG_PORT"]
-    say(f"starting PostgreSQL on 127.0.0.1:{port} (data in {cfg.pgdata})")
+    say(f"starting PostgreSQL on 127.0.0.1:{port} (data in {shown(cfg.pgdata)})")
     postgres.prepare(cfg.pgdata)
     if not postgres.initialized(cfg.pgdata):
-        step(sup, "initdb", postgres.initdb_command(cfg.pgdata), env, user=postgres.run_as())
+        sup.run(  # its chatter to a file; its errors (stderr) on screen
+            "initdb",
+            postgres.initdb_command(cfg.pgdata),
+            env,
+            stdout=cfg.dir / "initdb.log",
+            user=postgres.run_as(),
+            check=True,
+        )
     sup.start(
         "postgres",
         postgres.server_command(cfg.pgdata, port),
@@ -144,12 +156,6 @@ def start_postgres(sup: Supervisor, cfg: Config, env: dict[str, str]) -> None:
         user=postgres.run_as(),
     )
     sup.wait_until(lambda: postgres.ready(port), "PostgreSQL", timeout=30)
-
-
-def step(sup: Supervisor, name: str, argv: list[str], env: dict[str, str], **kw: object) -> None:
-    code = sup.run(name, argv, env, **kw)
-    if code != 0:
-        raise CannotStart(f"{name} failed with code {code} (output above)")
 
 
 def saved_demo(cfg: Config) -> dict[str, str] | None:
@@ -165,12 +171,12 @@ def demo_tenant(sup: Supervisor, cfg: Config, env: dict[str, str]) -> str:
     bootstrap = [sys.executable, "-m", "services.tenant.bootstrap"]
     saved = saved_demo(cfg)
     if saved is not None and sup.run("demo", [*bootstrap, "--check", json.dumps(saved)], env) == 0:
-        say(f"demo tenant: {cfg.demo} (reused)")
+        say(f"demo tenant: {shown(cfg.demo)} (reused)")
         return saved["apiKey"]
     fresh = cfg.demo.with_suffix(".new")
-    step(sup, "demo", [*bootstrap, "--name", "demo"], env, stdout=fresh)
+    sup.run("demo", [*bootstrap, "--name", "demo"], env, stdout=fresh, check=True)
     fresh.replace(cfg.demo)
-    say(f"demo tenant created: {cfg.demo}")
+    say(f"demo tenant created: {shown(cfg.demo)}")
     return str(json.loads(cfg.demo.read_text())["apiKey"])
 
 
@@ -213,7 +219,7 @@ def start(sup: Supervisor, cfg: Config) -> None:
         say(note)
     if cfg.own_postgres:
         start_postgres(sup, cfg, env)
-    step(sup, "migrate", [sys.executable, "-m", "alembic", "upgrade", "head"], env)
+    sup.run("migrate", [sys.executable, "-m", "alembic", "upgrade", "head"], env, check=True)
     api_key = demo_tenant(sup, cfg, env)
     write_envoy_config(cfg)
     for entry in entries:
@@ -233,7 +239,7 @@ def main() -> int:
                 start(sup, cfg)
                 say(
                     f"ready in {time.monotonic() - began:.1f} s: REST and Socket.IO on "
-                    f"{cfg.rest}; API key in {cfg.demo}; Ctrl-C stops everything"
+                    f"{cfg.rest}; API key in {shown(cfg.demo)}; Ctrl-C stops everything"
                 )
                 sup.watch()
             except Stopping as stop:

@@ -199,9 +199,19 @@ class Supervisor:
         self.children.append(child)
         return child
 
-    def run(self, name: str, argv: list[str], env: dict[str, str], **kw: object) -> int:
-        """Runs a one-off step to its end (a stop request ends it early)."""
-        child = self.start(name, argv, env, **kw)  # type: ignore[arg-type]
+    def run(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        stdout: Path | None = None,
+        user: str | None = None,
+        check: bool = False,
+    ) -> int:
+        """Runs a one-off step to its end (a stop request ends it early); with `check`, a
+        non-zero exit code is a reason not to go on."""
+        child = self.start(name, argv, env, stdout=stdout, user=user)
         try:
             while child.popen.poll() is None:
                 self.pump(0.1)
@@ -209,7 +219,10 @@ class Supervisor:
         finally:
             self._stop([child], grace=2.0)
             self.children.remove(child)
-        return int(child.popen.returncode)
+        code = int(child.popen.returncode)
+        if check and code != 0:
+            raise CannotStart(f"{name} failed with code {code} (output above)")
+        return code
 
     def wait_until(self, check: Callable[[], bool], what: str, timeout: float) -> None:
         """Waits for `check` while showing output; fails when a process exits meanwhile."""

@@ -124,7 +124,9 @@ class DevStack:
         self.root = root  # stands for a checkout: `make clean` runs here
         self.dir = root / ".dev"
         self.ports = {variable: free_port() for variable in PORTS}
-        self.env = python_env({"DEV_DIR": str(self.dir), "DEV_LIVEKIT": "off", **self.ports_env})
+        self.env = python_env(
+            {"DEV_DIR": str(self.dir), "DEV_LIVEKIT": "off", "PG_FAST": "1", **self.ports_env}
+        )
         for external in ("DATABASE_URL", "NATS_URL", "LIVEKIT_URL", "MAKEFLAGS", "MFLAGS"):
             self.env.pop(external, None)
 
