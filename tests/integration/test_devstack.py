@@ -124,15 +124,12 @@ class DevStack:
         self.root = root  # stands for a checkout: `make clean` runs here
         self.dir = root / ".dev"
         self.ports = {variable: free_port() for variable in PORTS}
+        ports = {variable: str(port) for variable, port in self.ports.items()}
         self.env = python_env(
-            {"DEV_DIR": str(self.dir), "DEV_LIVEKIT": "off", "PG_FAST": "1", **self.ports_env}
+            {"DEV_DIR": str(self.dir), "DEV_LIVEKIT": "off", "PG_FAST": "1", **ports}
         )
         for external in ("DATABASE_URL", "NATS_URL", "LIVEKIT_URL", "MAKEFLAGS", "MFLAGS"):
             self.env.pop(external, None)
-
-    @property
-    def ports_env(self) -> dict[str, str]:
-        return {variable: str(port) for variable, port in self.ports.items()}
 
     @property
     def rest(self) -> str:
@@ -157,6 +154,19 @@ class DevStack:
         assert self.processes(), "no process of the stack found"
         return run
 
+    def stop(self, run: Run, sig: signal.Signals, *, group: bool, again: bool = False) -> float:
+        """Sends the signal (twice with `again`); how long until make and every process of
+        the stack are gone."""
+        began = time.monotonic()
+        run.signal(sig, group)
+        if again:
+            run.wait_for(rf"^\[dev\] {sig.name}: stopping everything", within=5)
+            run.signal(sig, group)
+        run.wait(STOP_WITHIN)
+        while self.processes() and time.monotonic() - began < STOP_WITHIN:
+            time.sleep(0.1)
+        return time.monotonic() - began
+
     def api_key(self) -> str:
         return str(json.loads((self.dir / "demo.json").read_text())["apiKey"])
 
@@ -165,7 +175,7 @@ class DevStack:
         marker = f"DEV_DIR={self.dir}".encode()
         found = []
         for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
+            if not entry.isdigit():
                 continue
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
@@ -199,6 +209,16 @@ class DevStack:
                 os.kill(pid, signal.SIGKILL)
 
 
+def children(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, ValueError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat[stat.rfind(")") + 2 :].split()[1]) == parent:
+                found.append(int(entry))
+    return found
+
+
 @pytest.fixture
 def dev() -> Iterator[DevStack]:
     # Not pytest's tmp_path: pytest keeps its base directory private to us, and
@@ -211,21 +231,11 @@ def dev() -> Iterator[DevStack]:
         shutil.rmtree(stack.root, ignore_errors=True)
 
 
-def stop(run: Run, sig: signal.Signals, *, group: bool, again: bool = False) -> float:
-    began = time.monotonic()
-    run.signal(sig, group)
-    if again:
-        run.wait_for(rf"^\[dev\] {sig.name}: stopping everything", within=5)
-        run.signal(sig, group)
-    run.wait(STOP_WITHIN)
-    return time.monotonic() - began
-
-
 def test_sigterm_to_make_stops_everything_postgres_included(dev: DevStack) -> None:
     run = dev.start()
     assert any("postgres" in line for line in dev.processes())
 
-    took = stop(run, signal.SIGTERM, group=False)
+    took = dev.stop(run, signal.SIGTERM, group=False)
 
     assert took < STOP_WITHIN
     dev.assert_nothing_left(run)
@@ -236,7 +246,7 @@ def test_sigterm_to_make_stops_everything_postgres_included(dev: DevStack) -> No
 def test_ctrl_c_twice_kills_what_is_left_at_once(dev: DevStack) -> None:
     run = dev.start()
 
-    took = stop(run, signal.SIGINT, group=True, again=True)
+    took = dev.stop(run, signal.SIGINT, group=True, again=True)
 
     assert took < STOP_WITHIN
     dev.assert_nothing_left(run)
@@ -248,7 +258,7 @@ def test_stop_while_starting_leaves_nothing(dev: DevStack) -> None:
     run = dev.make_dev()
     run.wait_for(r"^\[dev\] starting PostgreSQL")
 
-    took = stop(run, signal.SIGTERM, group=False)
+    took = dev.stop(run, signal.SIGTERM, group=False)
 
     assert took < STOP_WITHIN
     dev.assert_nothing_left(run)
@@ -261,13 +271,12 @@ def test_a_second_run_on_the_same_directory_is_refused(dev: DevStack) -> None:
     second = dev.python_dev()
 
     assert second.wait(30) == 1
-    make = first.popen.pid
-    [supervisor] = Path(f"/proc/{make}/task/{make}/children").read_text().split()
+    [supervisor] = children(first.popen.pid)  # make's one child
     assert second.dev_lines() == [
         f"[dev] make dev is already running on {dev.dir} (pid {supervisor}): "
         f"stop that one first (Ctrl-C in its terminal, or kill {supervisor})"
     ]
-    stop(first, signal.SIGTERM, group=False)
+    dev.stop(first, signal.SIGTERM, group=False)
     dev.assert_nothing_left(first)
 
 
@@ -287,7 +296,7 @@ def test_killing_the_supervisor_outright_still_stops_every_process(dev: DevStack
 def test_make_clean_after_a_stop_then_start_again(dev: DevStack) -> None:
     first = dev.start()
     first_key = dev.api_key()
-    stop(first, signal.SIGHUP, group=True)  # the terminal was closed
+    dev.stop(first, signal.SIGHUP, group=True)  # the terminal was closed
     dev.assert_nothing_left(first)
 
     subprocess.run(
@@ -301,7 +310,7 @@ def test_make_clean_after_a_stop_then_start_again(dev: DevStack) -> None:
     second = dev.start()
     assert any(line.startswith("[dev] demo tenant created") for line in second.dev_lines())
     assert dev.api_key() != first_key
-    stop(second, signal.SIGINT, group=True)
+    dev.stop(second, signal.SIGINT, group=True)
     dev.assert_nothing_left(second)
 
 
@@ -382,7 +391,7 @@ def test_postgres_left_without_its_data_is_reported_then_start_works(dev: DevSta
         os.kill(leftover.pid, signal.SIGTERM)  # what the line says to do
         leftover.wait(STOP_WITHIN)
         again = dev.start()
-        stop(again, signal.SIGTERM, group=False)
+        dev.stop(again, signal.SIGTERM, group=False)
         dev.assert_nothing_left(again)
     finally:
         if leftover.poll() is None:
