@@ -75,5 +75,8 @@ bench: $(STAMP)
 
 ci: proto-check lint test
 
+# Not under a running make dev: its PostgreSQL would go on serving deleted files.
 clean:
+	@if [ -e .dev/dev.lock ] && ! $(PY) -c 'import fcntl; fcntl.flock(open(".dev/dev.lock"), fcntl.LOCK_EX | fcntl.LOCK_NB)' 2>/dev/null; then \
+	  echo "make dev is running on .dev: stop it first (Ctrl-C in its terminal)" >&2; exit 1; fi
 	rm -rf .dev .cache/test-*

@@ -219,6 +219,16 @@ def children(parent: int) -> list[int]:
     return found
 
 
+def make_clean(dev: DevStack) -> subprocess.CompletedProcess[str]:
+    """`make clean` as run in a checkout whose .dev is the stack's."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "clean"],
+        cwd=dev.root,
+        capture_output=True,
+        text=True,
+    )
+
+
 @pytest.fixture
 def dev() -> Iterator[DevStack]:
     # Not pytest's tmp_path: pytest keeps its base directory private to us, and
@@ -265,7 +275,7 @@ def test_stop_while_starting_leaves_nothing(dev: DevStack) -> None:
     assert not any(line.startswith("[dev] ready") for line in run.dev_lines())
 
 
-def test_a_second_run_on_the_same_directory_is_refused(dev: DevStack) -> None:
+def test_a_second_run_or_make_clean_on_a_running_stack_is_refused(dev: DevStack) -> None:
     first = dev.start()
 
     second = dev.python_dev()
@@ -276,6 +286,10 @@ def test_a_second_run_on_the_same_directory_is_refused(dev: DevStack) -> None:
         f"[dev] make dev is already running on {dev.dir} (pid {supervisor}): "
         f"stop that one first (Ctrl-C in its terminal, or kill {supervisor})"
     ]
+    cleaning = make_clean(dev)
+    assert cleaning.returncode != 0
+    assert "make dev is running on .dev: stop it first" in cleaning.stderr
+    assert (dev.dir / "pgdata" / "PG_VERSION").exists()
     dev.stop(first, signal.SIGTERM, group=False)
     dev.assert_nothing_left(first)
 
@@ -299,12 +313,7 @@ def test_make_clean_after_a_stop_then_start_again(dev: DevStack) -> None:
     dev.stop(first, signal.SIGHUP, group=True)  # the terminal was closed
     dev.assert_nothing_left(first)
 
-    subprocess.run(
-        ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "clean"],
-        cwd=dev.root,
-        check=True,
-        capture_output=True,
-    )
+    assert make_clean(dev).returncode == 0
     assert not dev.dir.exists()
 
     second = dev.start()
