@@ -82,8 +82,10 @@ browsers:
 	  echo "NOTE: chromium/chromedriver not found, so the browser test is skipped." \
 	    "Install them with: sudo apt-get update && sudo apt-get install -y chromium chromium-driver" >&2
 
+# devstack/dev.py supervises every process and stops them all, however it is stopped.
+# DEV_LIVEKIT=off: neither build nor run LiveKit.
 dev: $(STAMP)
-	-@$(MAKE) --no-print-directory livekit
+	-@if [ "$${DEV_LIVEKIT:-on}" != off ]; then $(MAKE) --no-print-directory livekit; fi
 	-@$(MAKE) --no-print-directory demo
 	$(BIN)/python -m devstack.dev
 
@@ -95,5 +97,8 @@ bench: $(STAMP)
 
 ci: proto-check lint test
 
+# Not under a running make dev: its PostgreSQL would go on serving deleted files.
 clean:
+	@if [ -e .dev/dev.lock ] && ! $(PY) -c 'import fcntl; fcntl.flock(open(".dev/dev.lock"), fcntl.LOCK_EX | fcntl.LOCK_NB)' 2>/dev/null; then \
+	  echo "make dev is running on .dev: stop it first (Ctrl-C in its terminal)" >&2; exit 1; fi
 	rm -rf .dev .cache/test-*

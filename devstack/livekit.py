@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import time
+import sys
 from pathlib import Path
 
 from devstack.procs import ROOT, free_port
@@ -52,35 +53,25 @@ def command(binary_path: Path, config_path: Path) -> list[str]:
 
 
 def main() -> None:
-    """`make dev`'s LiveKit process: the server when built, else a note that media is off."""
+    """`make dev`'s LiveKit process (devstack/dev.py runs it only when the binary exists)."""
+    parser = argparse.ArgumentParser(description="LiveKit for make dev")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--webhook-url", required=True)
+    parser.add_argument("--config", type=Path, required=True, help="where to write its config")
+    args = parser.parse_args()
     path = binary()
     if path is None:
-        print(
-            json.dumps(
-                {
-                    "severity": "WARNING",
-                    "service": "livekit",
-                    "message": "livekit-server not built "
-                    "(needs Go: make livekit): media is off; signaling still works",
-                }
-            ),
-            flush=True,
-        )
-        while True:  # stay up: the process runner stops everything when one process exits
-            time.sleep(3600)
-    cfg = ROOT / ".dev" / "livekit.yaml"
-    cfg.write_text(
+        sys.exit("livekit-server not built (needs Go: make livekit)")
+    args.config.write_text(
         config(
-            port=int(os.environ.get("LIVEKIT_PORT", "7880")),
-            webhook_url=os.environ.get(
-                "LIVEKIT_WEBHOOK_URL", "http://127.0.0.1:8080/livekit/webhook"
-            ),
+            port=args.port,
+            webhook_url=args.webhook_url,
             api_key=os.environ.get("LIVEKIT_API_KEY", "devkey"),
             api_secret=os.environ.get("LIVEKIT_API_SECRET"),
             departure_timeout=20,
         )
     )
-    os.execv(str(path), command(path, cfg))
+    os.execv(str(path), command(path, args.config))
 
 
 if __name__ == "__main__":

