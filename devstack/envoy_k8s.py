@@ -2,7 +2,7 @@
 config the overlays ship: per-pod balancing safeguards, retries on connect failure,
 circuit breakers sized for websockets, an in-cluster listener (LiveKit's webhook and the
 readiness probe), a Prometheus listener, and with --tls the production front door (TLS from
-a Secret mounted at /etc/envoy/tls, plain HTTP only redirecting).
+a Secret mounted at /etc/envoy-tls, plain HTTP only redirecting).
 
 It reads the render on stdin and prints the result, so it depends only on the rendered
 names (listener "public", clusters tenant/chat/calls/socket_bridge), not on how
@@ -36,7 +36,7 @@ LIVEKIT_WEBHOOK_RPC = "/sendsar.calls.v1.CallService/HandleLivekitWebhook"
 # kubernetes.io/tls Secret; Envoy watches the Secret's directory, so a renewed certificate
 # (cert-manager) is picked up without a restart.
 SDS_PATH = "/etc/envoy/sds.yaml"
-TLS_DIR = "/etc/envoy/tls"
+TLS_DIR = "/etc/envoy-tls"
 
 # Only failures where the request never reached a service are retried: a refused or
 # failed connection (a pod that just went away) or a stream the upstream refused (its
