@@ -38,12 +38,13 @@ LIVEKIT_WEBHOOK_RPC = "/sendsar.calls.v1.CallService/HandleLivekitWebhook"
 SDS_PATH = "/etc/envoy/sds.yaml"
 TLS_DIR = "/etc/envoy-tls"
 
-# Only failures where the request never reached a service are retried: a refused or
-# failed connection (a pod that just went away) or a stream the upstream refused (its
-# GOAWAY during shutdown). Anything the service may have acted on is not, so a retry never
-# repeats a state change.
+# Only failures where the request never reached a service's handler are retried: a refused
+# or failed connection (a pod that just went away), a stream the upstream refused (its
+# GOAWAY), or CANCELLED, which a gRPC server answers for a call that arrives while it shuts
+# down (its handlers in flight get the whole grace period, longer than the route timeout).
+# Nothing a handler may have acted on is retried, so a retry never repeats a state change.
 _RETRY_POLICY: Config = {
-    "retry_on": "connect-failure,refused-stream,reset-before-request",
+    "retry_on": "connect-failure,refused-stream,reset-before-request,cancelled",
     "num_retries": 2,
     "retry_host_predicate": [
         {
@@ -92,6 +93,9 @@ _GRPC_HEALTH_CHECK: Config = {
     "interval": "2s",
     "unhealthy_threshold": 1,
     "healthy_threshold": 1,
+    # Envoy's default for a cluster without traffic is one check a minute: a new pod (or
+    # one back after a restart) would wait that long for its first request.
+    "no_traffic_interval": "4s",
     "grpc_health_check": {},
 }
 
@@ -160,17 +164,27 @@ def _harden_routes(public: Config) -> None:
 
 
 def _harden_clusters(clusters: list[Config]) -> None:
-    for name in GRPC_CLUSTERS:
-        cluster = _find(clusters, name)
-        cluster["circuit_breakers"] = copy.deepcopy(_GRPC_BREAKERS)
-        cluster["health_checks"] = [copy.deepcopy(_GRPC_HEALTH_CHECK)]
-        # Headless Services: DNS answers every ready pod, refreshed at the record's TTL.
-        cluster["respect_dns_ttl"] = True
-        cluster["dns_refresh_rate"] = "5s"
-    bridge = _find(clusters, BRIDGE_CLUSTER)
-    bridge["circuit_breakers"] = copy.deepcopy(_BRIDGE_BREAKERS)
-    bridge["respect_dns_ttl"] = True
-    bridge["dns_refresh_rate"] = "5s"
+    for cluster in clusters:
+        if cluster["name"] in GRPC_CLUSTERS:
+            cluster["circuit_breakers"] = copy.deepcopy(_GRPC_BREAKERS)
+            cluster["health_checks"] = [copy.deepcopy(_GRPC_HEALTH_CHECK)]
+        elif cluster["name"] == BRIDGE_CLUSTER:
+            cluster["circuit_breakers"] = copy.deepcopy(_BRIDGE_BREAKERS)
+        else:
+            continue
+        if cluster.get("type") == "STRICT_DNS":
+            # Headless Services: DNS answers every ready pod, refreshed at the record's TTL.
+            cluster["respect_dns_ttl"] = True
+            cluster["dns_refresh_rate"] = "5s"
+
+
+def harden(config: Config) -> Config:
+    """Retries, circuit breakers and health checks on the rendered routes and clusters
+    (also used by the multi-replica test on its local render)."""
+    resources = config["static_resources"]
+    _harden_routes(_find(resources["listeners"], "public"))
+    _harden_clusters(resources["clusters"])
+    return config
 
 
 def _internal_listener(public: Config) -> Config:
@@ -291,8 +305,7 @@ def transform(rendered: str, *, tls: bool) -> Config:
     resources = config["static_resources"]
     listeners: list[Config] = resources["listeners"]
     public = _find(listeners, "public")
-    _harden_routes(public)
-    _harden_clusters(resources["clusters"])
+    harden(config)
     resources["clusters"].append(_admin_cluster())
     listeners.append(_internal_listener(public))
     listeners.append(_metrics_listener())
