@@ -5,6 +5,7 @@
 #   3. envoy --mode validate: the Envoy config each overlay ships, with the files it
 #      reads (descriptor set, SDS file) taken from the rendered ConfigMaps
 #   4. kube-score, optional tests on, warnings fatal; the ignore lists below say why.
+#   5. deploy/monitoring parses.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KUSTOMIZE=${KUSTOMIZE:?set by make k8s-check}
@@ -67,4 +68,13 @@ PY
   # (the pipe hides kube-score's OK lines; its exit status still decides)
   test "${PIPESTATUS[0]}" -eq 0
 done
+# The monitoring files parse, and every alert has an expression and a severity.
+.venv/bin/python - <<'PY'
+import json
+import yaml
+json.load(open("deploy/monitoring/grafana-dashboard.json"))
+for group in yaml.safe_load(open("deploy/monitoring/alerts.yaml"))["groups"]:
+    for rule in group["rules"]:
+        assert rule["expr"] and rule["labels"]["severity"], rule["alert"]
+PY
 echo "k8s-check: all overlays render, validate and score clean"
