@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make k8s-check`: renders every overlay and checks what it renders.
 #   1. kustomize build (the pinned kustomize in .cache/bin)
-#   2. kubernetes-validate --strict: every object against the Kubernetes schema
+#   2. kubernetes-validate --strict: every object against the Kubernetes schemas (1.30, latest)
 #   3. envoy --mode validate: the Envoy config each overlay ships, with the files it
 #      reads (descriptor set, SDS file) taken from the rendered ConfigMaps
 #   4. kube-score, optional tests on, warnings fatal; the ignore lists below say why.
@@ -11,6 +11,7 @@ cd "$(dirname "$0")/../.."
 KUSTOMIZE=${KUSTOMIZE:?set by make k8s-check}
 KUBE_SCORE=${KUBE_SCORE:?set by make k8s-check}
 OUT=.cache/k8s
+MIN_KUBERNETES=1.30.0
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 # Ignored everywhere:
@@ -39,6 +40,8 @@ for overlay in deploy/k8s/overlays/*/; do
   rendered="$OUT/$name.yaml"
   echo "== $name"
   "$KUSTOMIZE" build "$overlay" > "$rendered"
+  # The oldest Kubernetes the manifests support (preStop `sleep`, gRPC probes) and the newest.
+  .venv/bin/kubernetes-validate --strict --quiet -k "$MIN_KUBERNETES" "$rendered"
   .venv/bin/kubernetes-validate --strict --quiet "$rendered"
 
   # The Envoy config as mounted: /etc/envoy holds the envoy-config and envoy-descriptors
