@@ -58,33 +58,29 @@ _RETRY_POLICY: Config = {
     "host_selection_retry_max_attempts": 3,
 }
 
+
+def _breakers(*, connections: int, requests: int) -> Config:
+    return {
+        "thresholds": [
+            {
+                "priority": "DEFAULT",
+                "max_connections": connections,
+                "max_pending_requests": 1024,
+                "max_requests": requests,
+                # Retries at most 20 % of active requests: no retry storm when pods go away.
+                "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 10},
+            }
+        ]
+    }
+
+
 # gRPC clusters multiplex over a few HTTP/2 connections per pod: bound concurrent requests.
 # The bridge cluster holds one upstream connection and one open request per websocket for
 # the socket's whole life, so Envoy's defaults (1024 each) would cap every Envoy pod at 1024
-# sockets: sized for 50k sockets per Envoy pod instead (about 1 GiB of memory at worst
-# with the 1 MiB connection buffers, in practice far less).
-_GRPC_BREAKERS: Config = {
-    "thresholds": [
-        {
-            "priority": "DEFAULT",
-            "max_connections": 1024,
-            "max_pending_requests": 1024,
-            "max_requests": 4096,
-            "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 10},
-        }
-    ]
-}
-_BRIDGE_BREAKERS: Config = {
-    "thresholds": [
-        {
-            "priority": "DEFAULT",
-            "max_connections": 50000,
-            "max_pending_requests": 1024,
-            "max_requests": 50000,
-            "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 10},
-        }
-    ]
-}
+# sockets: 50k per Envoy pod instead (an idle websocket costs Envoy a few KiB; the pod's
+# memory limit and the overload manager's connection cap bound the rest).
+_GRPC_BREAKERS = _breakers(connections=1024, requests=4096)
+_BRIDGE_BREAKERS = _breakers(connections=50000, requests=50000)
 
 # A pod that stops serving (NOT_SERVING on SIGTERM) leaves the rotation within a second or
 # two, before the headless Service's DNS catches up.
