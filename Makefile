@@ -10,15 +10,27 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 # The wheels put nats-server and envoy in the venv's bin.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install proto k8s proto-check lint test test-fast dev bench livekit demo browsers clean ci
+.PHONY: install lock proto k8s k8s-check proto-check lint test test-fast dev bench livekit demo browsers clean ci
 
+# Every package, transitive ones included, comes from the hash-pinned lock files:
+# requirements/dev.txt here and in CI, requirements/lock.txt (runtime only) in the image.
+# `pip check` fails when pyproject.toml asks for something the lock lacks: run make lock.
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+# Re-resolves both lock files from pyproject.toml (after changing a dependency there).
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 --generate-hashes
+lock:
+	test -x $(BIN)/uv || { test -x $(BIN)/python || $(PY) -m venv $(VENV); $(BIN)/python -m pip install --quiet uv==0.13.9; }
+	$(UV_COMPILE) -o requirements/lock.txt
+	$(UV_COMPILE) --extra dev -o requirements/dev.txt
 
 # Python stubs (committed) and the descriptor set Envoy's transcoder reads
 # (committed too, so a clone runs without protoc). The descriptor set imports
@@ -33,14 +45,37 @@ proto: $(STAMP)
 	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. -I$(SITE) --include_imports \
 	  --descriptor_set_out=../gen/descriptors.binpb $(PROTOS) google/rpc/error_details.proto
 
-# Kubernetes: Envoy's config rendered for in-cluster DNS names, and the descriptor set.
+# Kubernetes: Envoy's config rendered for in-cluster DNS names, what each overlay ships of
+# it (devstack/envoy_k8s.py: dev plain HTTP, prod TLS), and the descriptor set.
+K8S_GENERATED = gen/ deploy/k8s/generated/ deploy/k8s/overlays/dev/envoy.yaml \
+  deploy/k8s/overlays/prod/envoy.yaml deploy/k8s/overlays/prod/sds.yaml
 k8s: proto
 	$(BIN)/python -m devstack.envoy --k8s > deploy/k8s/generated/envoy.yaml
+	$(BIN)/python -m devstack.envoy_k8s < deploy/k8s/generated/envoy.yaml > deploy/k8s/overlays/dev/envoy.yaml
+	$(BIN)/python -m devstack.envoy_k8s --tls < deploy/k8s/generated/envoy.yaml > deploy/k8s/overlays/prod/envoy.yaml
+	$(BIN)/python -m devstack.envoy_k8s --sds > deploy/k8s/overlays/prod/sds.yaml
 	cp gen/descriptors.binpb deploy/k8s/generated/descriptors.binpb
 
 proto-check: k8s
-	git diff --exit-code -- gen/ deploy/k8s/generated/ || (echo "generated files are stale: run make k8s and commit" >&2; exit 1)
-	test -z "$$(git status --porcelain -- gen/ deploy/k8s/generated/)" || (echo "untracked generated files: run make k8s and commit" >&2; exit 1)
+	git diff --exit-code -- $(K8S_GENERATED) || (echo "generated files are stale: run make k8s and commit" >&2; exit 1)
+	test -z "$$(git status --porcelain -- $(K8S_GENERATED))" || (echo "untracked generated files: run make k8s and commit" >&2; exit 1)
+
+# Render every overlay and check it: schema (kubernetes-validate --strict), Envoy config
+# (envoy --mode validate), kube-score (deploy/k8s/check.sh lists what it ignores and why).
+# The two Go tools are built once into .cache/bin, pinned.
+KUSTOMIZE_VERSION := v5.8.2
+KUBE_SCORE_VERSION := v1.20.0
+K8S_TOOLS := .cache/bin/kustomize-$(KUSTOMIZE_VERSION) .cache/bin/kube-score-$(KUBE_SCORE_VERSION)
+.cache/bin/kustomize-$(KUSTOMIZE_VERSION):
+	mkdir -p .cache/bin && GOBIN=$(CURDIR)/.cache/gobin go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	mv .cache/gobin/kustomize $@
+.cache/bin/kube-score-$(KUBE_SCORE_VERSION):
+	mkdir -p .cache/bin && GOBIN=$(CURDIR)/.cache/gobin go install github.com/zegl/kube-score/cmd/kube-score@$(KUBE_SCORE_VERSION)
+	mv .cache/gobin/kube-score $@
+
+k8s-check: $(STAMP) $(K8S_TOOLS)
+	KUSTOMIZE=.cache/bin/kustomize-$(KUSTOMIZE_VERSION) KUBE_SCORE=.cache/bin/kube-score-$(KUBE_SCORE_VERSION) \
+	  deploy/k8s/check.sh
 
 # buf lints an image built by protoc, because the googleapis deps would
 # otherwise come from the Buf registry, which this network cannot reach.
@@ -95,7 +130,7 @@ test: $(STAMP) livekit demo browsers
 bench: $(STAMP)
 	$(BIN)/python -m bench.calls
 
-ci: proto-check lint test
+ci: proto-check lint k8s-check test
 
 # Not under a running make dev: its PostgreSQL would go on serving deleted files.
 clean:
