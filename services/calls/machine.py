@@ -19,7 +19,6 @@ from services.calls import history, store
 from services.calls.media import Media, room_name
 from services.calls.outbox import emit
 from services.calls.store import Snapshot
-from services.common import events
 from services.common.db import transaction
 from services.common.errors import (
     UNAVAILABLE,
@@ -32,6 +31,7 @@ from services.common.errors import (
 from services.common.logging import call_id_var, log_fields
 from services.common.models import CALLS, TENANTS, new_id
 from services.common.rooms import room_members
+from services.events import types as events
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.calls.convert import call_to_pb
 from services.calls.store import Snapshot
-from services.common.events import subject
 from services.common.models import OUTBOX, new_id, utcnow
-
-NOTIFY_CHANNEL = "sendsar_outbox"
+from services.events.types import NOTIFY_CHANNEL, subject
 
 
 async def emit(

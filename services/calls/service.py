@@ -15,12 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.calls.convert import call_to_pb
 from services.calls.machine import CallMachine
 from services.calls.media import Media
-from services.calls.relay import OutboxRelay
 from services.calls.store import Snapshot
 from services.common import validation
 from services.common.auth import Policy, current_principal
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
+from services.events.relay import relay_jobs
 
 POLICIES = {
     "GetActiveCall": Policy.SESSION,
@@ -136,7 +136,7 @@ async def _every(seconds: float, job: Any) -> None:
 async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     media = Media(settings)
     machine = CallMachine(engine, media)
-    relay = OutboxRelay(engine, settings.NATS_URL, settings.OUTBOX_POLL_SECONDS)
+    relay = relay_jobs(settings)  # the outbox relay runs in every calls replica
     servicer = CallService(machine, media, settings)
 
     def add(server: grpc.aio.Server) -> None:
@@ -148,9 +148,6 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     async def media_cleanup() -> None:
         await _every(5.0, machine.clean_media_rooms)
 
-    async def relay_listen() -> None:
-        await relay.listen(settings.libpq_url)
-
     async def close() -> None:
         await machine.drain()
         await media.close()
@@ -158,6 +155,6 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     name = pb.DESCRIPTOR.services_by_name["CallService"].full_name
     return ServiceParts(
         registrations=[Registration(add, name, POLICIES)],
-        background=[ring_timeouts, media_cleanup, relay.run, relay_listen],
-        closers=[close],
+        background=[ring_timeouts, media_cleanup, *relay.background],
+        closers=[close, relay.close],
     )

@@ -22,9 +22,9 @@ import socketio
 from sendsar.calls.v1 import events_pb2
 
 from devstack.procs import http_ok
-from services.common import events
 from services.common.auth import mint_session
 from services.common.settings import DEV_SESSION_KEY
+from services.events import types as events
 from tests.conftest import Tenant
 from tests.stack import Stack
 
