@@ -409,3 +409,29 @@ async def test_the_stream_is_bounded_by_age_and_bytes(stack: Stack) -> None:
         await nc.close()
     assert info.config.max_bytes == defaults.NATS_STREAM_MAX_BYTES == 1 << 30
     assert info.config.max_age == defaults.NATS_STREAM_MAX_AGE_SECONDS == 7 * 24 * 3600
+
+
+async def test_database_sessions_carry_keepalives_and_timeouts(stack: Stack) -> None:
+    settings = load_settings(DATABASE_URL=stack.database_url, ENV="test", SERVICE_NAME="probe")
+    engine = create_engine(settings, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            shown = {
+                name: (await conn.exec_driver_sql(f"SHOW {name}")).scalar()
+                for name in (
+                    "idle_in_transaction_session_timeout",
+                    "lock_timeout",
+                    "statement_timeout",
+                    "tcp_keepalives_idle",
+                    "application_name",
+                )
+            }
+    finally:
+        await engine.dispose()
+    assert shown == {
+        "idle_in_transaction_session_timeout": "10s",
+        "lock_timeout": "5s",
+        "statement_timeout": "15s",
+        "tcp_keepalives_idle": "10",
+        "application_name": f"probe-{os.getpid()}",
+    }
