@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _one_kind_of_nats_credentials(self) -> Settings:
+    def _event_pipeline_consistent(self) -> Settings:
         kinds = [
             name
             for name, value in (
@@ -127,6 +127,12 @@ class Settings(BaseSettings):
             raise ValueError(f"NATS credentials: set only one of {', '.join(kinds)}")
         if bool(self.NATS_TLS_CERT_FILE) != bool(self.NATS_TLS_KEY_FILE):
             raise ValueError("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together")
+        # The relay waits for acks inside its lane's transaction (plus a 1 s probe).
+        if self.OUTBOX_PUBLISH_TIMEOUT_SECONDS + 2 > self.DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS:
+            raise ValueError(
+                "OUTBOX_PUBLISH_TIMEOUT_SECONDS must stay 2 s below "
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS"
+            )
         return self
 
     @property

@@ -53,6 +53,7 @@ LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox event (0
 
 LOCK_CLASS = 727275  # advisory locks (LOCK_CLASS, lane)
 MAX_BACKOFF_SECONDS = 5.0
+PROBE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,8 @@ class OutboxRelay:
     async def _jetstream_answers(self, nc: NATS) -> bool:
         """Whether JetStream and the stream are there (then failures are the events')."""
         try:
-            await nc.jetstream().stream_info(types.STREAM)
+            # Short: the lane's transaction is open meanwhile (the idle-in-transaction bound).
+            await asyncio.wait_for(nc.jetstream().stream_info(types.STREAM), PROBE_SECONDS)
             return True
         except NotFoundError:  # NATS lost its store: recreate the stream, blame nobody
             with contextlib.suppress(Exception):

@@ -64,10 +64,3 @@ async def test_wrong_or_missing_credentials_are_refused(secured_nats: tuple[str,
         settings = load_settings(DATABASE_URL=DB, NATS_URL=url, **extra)
         with pytest.raises(Exception):  # noqa: B017 - nats-py's error type varies by version
             await _publishes(settings)
-
-
-def test_settings_refuse_two_kinds_of_credentials_and_half_a_client_certificate() -> None:
-    with pytest.raises(SystemExit, match="only one of NATS_USER, NATS_TOKEN"):
-        load_settings(DATABASE_URL=DB, NATS_USER="u", NATS_TOKEN="t")
-    with pytest.raises(SystemExit, match="NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE"):
-        load_settings(DATABASE_URL=DB, NATS_TLS_CERT_FILE="/x.pem")
