@@ -1,9 +1,11 @@
-"""NATS credentials through settings (with *_FILE variants), against a real nats-server
-that requires them."""
+"""NATS credentials (with *_FILE variants) and TLS through settings, against real
+nats-servers that require them."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,3 +66,46 @@ async def test_wrong_or_missing_credentials_are_refused(secured_nats: tuple[str,
         settings = load_settings(DATABASE_URL=DB, NATS_URL=url, **extra)
         with pytest.raises(Exception):  # noqa: B017 - nats-py's error type varies by version
             await _publishes(settings)
+
+
+def _openssl(workdir: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=workdir, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def tls_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A nats-server behind TLS with a certificate from a CA of the test's own."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificates")
+    workdir = tmp_path_factory.mktemp("nats-tls")
+    (workdir / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for command in (
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -keyout ca.key -out ca.pem -subj /CN=test-ca",
+        "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1",
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1"
+        " -out server.pem -extfile san.cnf",
+    ):
+        _openssl(workdir, *command.split())
+    port = free_port()
+    (workdir / "nats.conf").write_text(
+        f'port: {port}\nhost: "127.0.0.1"\njetstream {{ store_dir: "{workdir / "js"}" }}\n'
+        f'tls {{ cert_file: "{workdir / "server.pem"}", key_file: "{workdir / "server.key"}" }}\n'
+    )
+    proc = Proc(
+        "nats-tls",
+        [str(Path(sys.executable).parent / "nats-server"), "-c", str(workdir / "nats.conf")],
+        python_env({}),
+        workdir,
+    )
+    wait_until(lambda: port_open(port), "nats with tls", proc=proc)
+    yield f"tls://127.0.0.1:{port}", workdir
+    proc.stop()
+
+
+async def test_tls_with_the_configured_ca(tls_nats: tuple[str, Path]) -> None:
+    url, workdir = tls_nats
+    await _publishes(
+        load_settings(DATABASE_URL=DB, NATS_URL=url, NATS_TLS_CA_FILE=str(workdir / "ca.pem"))
+    )
+    with pytest.raises(Exception):  # noqa: B017 - the system CAs do not know the test CA
+        await _publishes(load_settings(DATABASE_URL=DB, NATS_URL=url))
