@@ -20,22 +20,28 @@ from services.events.jetstream import connect, ensure_stream
 DB = "postgresql://unused@127.0.0.1:1/unused"  # settings need one; never connected here
 
 
-@pytest.fixture(scope="module")
-def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A nats-server with JetStream that takes user `relay` with password `s3cret`."""
-    workdir = tmp_path_factory.mktemp("nats-auth")
+def _nats_server(workdir: Path, security: str) -> tuple[Proc, int]:
+    """A nats-server with JetStream and the given security block of its config."""
     port = free_port()
     (workdir / "nats.conf").write_text(
         f'port: {port}\nhost: "127.0.0.1"\njetstream {{ store_dir: "{workdir / "js"}" }}\n'
-        'authorization { user: "relay", password: "s3cret" }\n'
+        f"{security}\n"
     )
     proc = Proc(
-        "nats-auth",
+        "nats-" + workdir.name,
         [str(Path(sys.executable).parent / "nats-server"), "-c", str(workdir / "nats.conf")],
         python_env({}),
         workdir,
     )
-    wait_until(lambda: port_open(port), "nats with auth", proc=proc)
+    wait_until(lambda: port_open(port), "nats-server", proc=proc)
+    return proc, port
+
+
+@pytest.fixture(scope="module")
+def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A nats-server with JetStream that takes user `relay` with password `s3cret`."""
+    workdir = tmp_path_factory.mktemp("nats-auth")
+    proc, port = _nats_server(workdir, 'authorization { user: "relay", password: "s3cret" }')
     yield f"nats://127.0.0.1:{port}", workdir
     proc.stop()
 
@@ -86,18 +92,9 @@ def tls_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
         " -out server.pem -extfile san.cnf",
     ):
         _openssl(workdir, *command.split())
-    port = free_port()
-    (workdir / "nats.conf").write_text(
-        f'port: {port}\nhost: "127.0.0.1"\njetstream {{ store_dir: "{workdir / "js"}" }}\n'
-        f'tls {{ cert_file: "{workdir / "server.pem"}", key_file: "{workdir / "server.key"}" }}\n'
+    proc, port = _nats_server(
+        workdir, f'tls {{ cert_file: "{workdir}/server.pem", key_file: "{workdir}/server.key" }}'
     )
-    proc = Proc(
-        "nats-tls",
-        [str(Path(sys.executable).parent / "nats-server"), "-c", str(workdir / "nats.conf")],
-        python_env({}),
-        workdir,
-    )
-    wait_until(lambda: port_open(port), "nats with tls", proc=proc)
     yield f"tls://127.0.0.1:{port}", workdir
     proc.stop()
 
