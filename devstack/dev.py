@@ -112,8 +112,7 @@ def environment(cfg: Config) -> dict[str, str]:
         # The venv's python, nats-server and envoy first.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         # Local receivers (a webhook sink on loopback) are the point of a dev stack.
-        "WEBHOOK_ALLOW_PRIVATE_TARGETS": os.environ.get("WEBHOOK_ALLOW_PRIVATE_TARGETS")
-        or "true",
+        "WEBHOOK_ALLOW_PRIVATE_TARGETS": os.environ.get("WEBHOOK_ALLOW_PRIVATE_TARGETS") or "true",
         "DEV_DIR": str(cfg.dir),
         "DEV_WORKERS": str(cfg.workers),
         **{variable: str(number) for variable, number in port.items()},

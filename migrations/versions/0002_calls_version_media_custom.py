@@ -1,4 +1,5 @@
-"""calls: version (bumped by every transition), media_deadline (no ghost calls), custom
+"""calls: version (bumped by every transition), media_deadline (no ghost calls), custom;
+a user's calls by user id
 
 Revision ID: 0002
 Revises: 0001
@@ -28,9 +29,11 @@ def upgrade() -> None:
         ["media_deadline"],
         postgresql_where=sa.text("status = 'active'"),
     )
+    op.create_index("ix_call_participants_user_id", "call_participants", ["user_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_call_participants_user_id", table_name="call_participants")
     op.drop_index("ix_calls_media_deadline", table_name="calls")
     op.drop_column("calls", "custom")
     op.drop_column("calls", "media_deadline")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from services.common import events
 from services.common.errors import ServiceError, conflict, forbidden, invalid, not_found
+from services.events import types as events
 
 Status = Literal["ringing", "active", "ended"]
 Mode = Literal["direct", "group"]

@@ -16,13 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.calls import sweeps
 from services.calls.domain import Actor
 from services.calls.media import Media
-from services.calls.relay import OutboxRelay
 from services.calls.transitions import Applied, CallTransitions
 from services.common import validation
 from services.common.auth import Kind, Policy, current_principal
-from services.common.db import libpq_options
+from services.common.db import connect_params
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
+from services.events.relay import relay_jobs
 
 POLICIES = {
     "GetActiveCall": Policy.SESSION,
@@ -164,7 +164,7 @@ async def open_pool(settings: Settings) -> AsyncConnectionPool[AsyncConnection[A
         settings.libpq_url,
         min_size=2,
         max_size=settings.DB_POOL_SIZE,
-        kwargs={"autocommit": True, "options": libpq_options()},
+        kwargs={"autocommit": True, **connect_params(settings)},
         open=False,
     )
     await pool.open(wait=True, timeout=settings.DB_WAIT_SECONDS)
@@ -175,7 +175,7 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     media = Media(settings)
     pool = await open_pool(settings)
     calls = CallTransitions(pool, media, timedelta(seconds=settings.CALL_MEDIA_GRACE_SECONDS))
-    relay = OutboxRelay(engine, settings.NATS_URL, settings.OUTBOX_POLL_SECONDS)
+    relay = relay_jobs(settings)  # the outbox relay runs in every calls replica
     servicer = CallService(calls, media, settings)
 
     def add(server: grpc.aio.Server) -> None:
@@ -200,9 +200,6 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     async def ended_rooms() -> None:
         await sweeps.remove_ended_rooms(calls, media)
 
-    async def relay_listen() -> None:
-        await relay.listen(settings.libpq_url)
-
     async def close() -> None:
         await calls.drain()
         await media.close()
@@ -217,8 +214,7 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
             reconcile,
             ended_rooms,
             media_cleanup,
-            relay.run,
-            relay_listen,
+            *relay.background,
         ],
-        closers=[close],
+        closers=[close, relay.close],
     )

@@ -28,10 +28,9 @@ from sendsar.calls.v1 import events_pb2
 
 from services.calls import history
 from services.calls.domain import Call, CallPolicy, Change, Event, Participant
-from services.common.events import subject
 from services.common.models import new_id
+from services.events.types import NOTIFY_CHANNEL, subject
 
-NOTIFY_CHANNEL = "sendsar_outbox"
 # Socket recipients per outbox message: an event to a huge room is split so that no
 # message comes near NATS's payload limit (each part reaches its own recipients).
 RECIPIENTS_PER_MESSAGE = 500
@@ -189,6 +188,14 @@ PARTICIPANTS_OF = """
 SELECT call_id, user_id, state, joined_at, left_at, ever_joined
 FROM call_participants WHERE call_id = ANY(%(calls)s)"""
 
+# A user's calls in some states, in rooms the user is still a member of.
+CALLS_OF_USER = f"""
+SELECT now(), {_CALL_COLUMNS} FROM calls c
+JOIN call_participants p ON p.call_id = c.id AND p.user_id = %(user)s
+JOIN room_members m ON m.room_id = c.room_id AND m.user_id = %(user)s
+WHERE c.tenant_id = %(tenant)s AND c.status = ANY(%(statuses)s)
+ORDER BY c.created_at"""
+
 PENDING_CLEANUPS = """
 SELECT id, livekit_room FROM calls WHERE livekit_cleanup_pending
 ORDER BY ended_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED"""
@@ -317,6 +324,14 @@ async def lock_by_media_room(
         return datetime.min, None
     [call] = await _attach_participants(conn, [head[1:]])
     return head[0], call
+
+
+async def calls_of_user(
+    conn: AsyncConnection[Any], *, tenant: str, user: str, statuses: list[str]
+) -> list[Call]:
+    params = {"tenant": tenant, "user": user, "statuses": statuses}
+    heads = await (await conn.execute(CALLS_OF_USER, params)).fetchall()
+    return await _attach_participants(conn, [h[1:] for h in heads]) if heads else []
 
 
 async def _attach_participants(

@@ -1,12 +1,24 @@
-"""Database engine and transactions (SQLAlchemy async over psycopg 3)."""
+"""Database engine, session parameters and transactions (SQLAlchemy async over psycopg 3).
+
+Every connection carries TCP keepalives (client and server side) and three server-side
+bounds, so no session holds a lock forever:
+
+- idle_in_transaction_session_timeout ends a session whose client stopped talking inside
+  a transaction (a frozen or vanished process), releasing its row and advisory locks;
+- lock_timeout bounds a wait for a lock, statement_timeout a single statement;
+- keepalives find a peer that vanished without closing TCP (the server drops the session,
+  the client stops waiting for a dead server).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -16,19 +28,46 @@ from services.common.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def libpq_options() -> str:
-    """Server settings for every connection of ours (SQLAlchemy's and plain psycopg's)."""
-    # Our own statements are short; a stuck lock must not hold a request forever.
-    return "-c lock_timeout=5000 -c statement_timeout=15000"
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def connect_params(settings: Settings) -> dict[str, Any]:
+    """libpq connection parameters for every connection (pooled or LISTEN)."""
+    server = {
+        "lock_timeout": _ms(settings.DB_LOCK_TIMEOUT_SECONDS),
+        "statement_timeout": _ms(settings.DB_STATEMENT_TIMEOUT_SECONDS),
+        "idle_in_transaction_session_timeout": _ms(settings.DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS),
+        # The server's side of the keepalives: a client that vanished loses its session.
+        "tcp_keepalives_idle": settings.DB_KEEPALIVES_IDLE_SECONDS,
+        "tcp_keepalives_interval": settings.DB_KEEPALIVES_INTERVAL_SECONDS,
+        "tcp_keepalives_count": settings.DB_KEEPALIVES_COUNT,
+    }
+    return {
+        "connect_timeout": settings.DB_CONNECT_TIMEOUT_SECONDS,
+        "keepalives": 1,
+        "keepalives_idle": settings.DB_KEEPALIVES_IDLE_SECONDS,
+        "keepalives_interval": settings.DB_KEEPALIVES_INTERVAL_SECONDS,
+        "keepalives_count": settings.DB_KEEPALIVES_COUNT,
+        # Unacknowledged data (a server gone mid-query) fails the connection as well.
+        "tcp_user_timeout": _ms(
+            settings.DB_KEEPALIVES_IDLE_SECONDS
+            + settings.DB_KEEPALIVES_INTERVAL_SECONDS * settings.DB_KEEPALIVES_COUNT
+        ),
+        # Which process holds a session (and its locks) shows in pg_stat_activity.
+        "application_name": f"{settings.SERVICE_NAME}-{os.getpid()}"[:63],
+        "options": " ".join(f"-c {name}={value}" for name, value in server.items()),
+    }
+
+
+def create_engine(settings: Settings, pool_size: int | None = None) -> AsyncEngine:
+    size = pool_size or settings.DB_POOL_SIZE
     return create_async_engine(
         settings.sqlalchemy_url,
-        pool_size=settings.DB_POOL_SIZE,
-        max_overflow=settings.DB_POOL_SIZE,
+        pool_size=size,
+        max_overflow=size,
         pool_pre_ping=True,
-        connect_args={"options": libpq_options()},
+        connect_args=connect_params(settings),
     )
 
 

@@ -14,11 +14,13 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Computed,
     DateTime,
     ForeignKey,
     Identity,
     Index,
     LargeBinary,
+    SmallInteger,
     String,
     UniqueConstraint,
     text,
@@ -27,6 +29,10 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 LIVE_STATUSES = ("ringing", "active")
+
+# The outbox's relay lane: a hash of the tenant over 8 lanes (services/events/relay.py).
+OUTBOX_LANES = 8
+OUTBOX_LANE_EXPRESSION = f"((hashtext(tenant_id) & 2147483647) % {OUTBOX_LANES})::smallint"
 
 
 def new_id(prefix: str) -> str:
@@ -175,7 +181,7 @@ class CallParticipant(SQLModel, table=True):
     __tablename__ = "call_participants"
 
     call_id: str = Field(sa_column=Column(String, ForeignKey("calls.id"), primary_key=True))
-    user_id: str = Field(primary_key=True)
+    user_id: str = Field(primary_key=True, index=True)
     tenant_id: str
     state: str  # invited | joined | declined | left | removed
     joined_at: datetime | None = _ts(nullable=True)
@@ -186,7 +192,13 @@ class CallParticipant(SQLModel, table=True):
 class OutboxEvent(SQLModel, table=True):
     __tablename__ = "outbox"
     __table_args__ = (
-        Index("ix_outbox_unpublished", "seq", postgresql_where=text("published_at IS NULL")),
+        Index(
+            "ix_outbox_lane_unpublished",
+            "lane",
+            "seq",
+            postgresql_where=text("published_at IS NULL"),
+        ),
+        Index("ix_outbox_created_at", "created_at"),
     )
 
     seq: int | None = Field(
@@ -198,6 +210,32 @@ class OutboxEvent(SQLModel, table=True):
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime | None = _ts(default_now=True)
     published_at: datetime | None = _ts(nullable=True)
+    # The relay lane of the tenant (services/events/relay.py), computed by the database.
+    lane: int | None = Field(
+        default=None,
+        sa_column=Column(SmallInteger, Computed(OUTBOX_LANE_EXPRESSION, persisted=True)),
+    )
+
+
+class OutboxDeadLetter(SQLModel, table=True):
+    """An event the relay gave up on (NATS refused it, or it failed too often)."""
+
+    __tablename__ = "outbox_dead_letters"
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    id: str = Field(sa_column=Column(String, nullable=False, unique=True))
+    tenant_id: str = Field(index=True)
+    subject: str
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    error: str
+    attempts: int
+    created_at: datetime | None = _ts()
+    failed_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(
+            DateTime(timezone=True), nullable=False, server_default=text("now()"), index=True
+        ),
+    )
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -208,6 +246,12 @@ class WebhookDelivery(SQLModel, table=True):
             "ix_webhook_deliveries_due",
             "next_attempt_at",
             postgresql_where=text("status = 'pending'"),
+        ),
+        # Retention prunes finished deliveries oldest first.
+        Index(
+            "ix_webhook_deliveries_finished",
+            "created_at",
+            postgresql_where=text("status <> 'pending'"),
         ),
     )
 
@@ -234,4 +278,5 @@ MESSAGES = Message.__table__  # type: ignore[attr-defined]
 CALLS = Call.__table__  # type: ignore[attr-defined]
 PARTICIPANTS = CallParticipant.__table__  # type: ignore[attr-defined]
 OUTBOX = OutboxEvent.__table__  # type: ignore[attr-defined]
+DEAD_LETTERS = OutboxDeadLetter.__table__  # type: ignore[attr-defined]
 DELIVERIES = WebhookDelivery.__table__  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Secrets that may come from a file mounted by Kubernetes (NAME_FILE).
 _SECRET_FIELDS = ("DATABASE_URL", "SESSION_SIGNING_KEY", "LIVEKIT_API_SECRET")
+_EVENT_SECRET_FIELDS = ("NATS_PASSWORD", "NATS_TOKEN")  # the event pipeline's block below
 
 # Dev defaults: usable on a laptop, refused when ENV=production.
 DEV_SESSION_KEY = "dev-only-session-signing-key-change-me-0000000000"
@@ -98,12 +99,41 @@ class Settings(BaseSettings):
     def cors_origins(self) -> list[str]:
         return parse_cors_origins(self.CORS_ALLOWED_ORIGINS)
 
+    # --- event pipeline: database sessions, NATS, outbox relay, retention, sockets ---
+    # A frozen or vanished holder of a lock loses it within these bounds (docs/decisions.md).
+    DB_CONNECT_TIMEOUT_SECONDS: int = Field(default=5, ge=1)
+    DB_KEEPALIVES_IDLE_SECONDS: int = Field(default=10, ge=1)
+    DB_KEEPALIVES_INTERVAL_SECONDS: int = Field(default=5, ge=1)
+    DB_KEEPALIVES_COUNT: int = Field(default=3, ge=1)
+    DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
+    DB_LOCK_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
+    DB_STATEMENT_TIMEOUT_SECONDS: float = Field(default=15.0, gt=0)
+    # NATS credentials (at most one kind) and TLS; secrets also as NAME_FILE.
+    NATS_USER: str | None = None
+    NATS_PASSWORD: str | None = None
+    NATS_TOKEN: str | None = None
+    NATS_CREDS_FILE: str | None = None  # a .creds file (user JWT + nkey seed)
+    NATS_NKEY_SEED_FILE: str | None = None
+    NATS_TLS_CA_FILE: str | None = None
+    NATS_TLS_CERT_FILE: str | None = None
+    NATS_TLS_KEY_FILE: str | None = None
+    NATS_STREAM_MAX_AGE_SECONDS: int = Field(default=7 * 24 * 3600, ge=60)
+    NATS_STREAM_MAX_BYTES: int = Field(default=1 << 30, ge=1 << 20)
+    OUTBOX_BATCH_SIZE: int = Field(default=500, ge=1, le=5000)
+    OUTBOX_PUBLISH_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
+    OUTBOX_MAX_ATTEMPTS: int = Field(default=10, ge=1)
+    RETENTION_SECONDS: int = Field(default=7 * 24 * 3600, ge=60)
+    RETENTION_BATCH_SIZE: int = Field(default=500, ge=1, le=10_000)
+    RETENTION_INTERVAL_SECONDS: float = Field(default=60.0, gt=0)
+    SOCKETS_MAX_PER_USER: int = Field(default=10, ge=1)
+    SOCKETS_MAX_PER_TENANT: int = Field(default=10_000, ge=1)
+
     @model_validator(mode="before")
     @classmethod
     def _read_secret_files(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        for name in _SECRET_FIELDS:
+        for name in (*_SECRET_FIELDS, *_EVENT_SECRET_FIELDS):
             path = os.environ.get(f"{name}_FILE")
             if path and name not in data:
                 data[name] = Path(path).read_text().strip()
@@ -116,6 +146,30 @@ class Settings(BaseSettings):
                 raise ValueError("SESSION_SIGNING_KEY: the dev default is refused in production")
             if self.LIVEKIT_API_SECRET == DEV_LIVEKIT_SECRET:
                 raise ValueError("LIVEKIT_API_SECRET: the dev default is refused in production")
+        return self
+
+    @model_validator(mode="after")
+    def _event_pipeline_consistent(self) -> Settings:
+        kinds = [
+            name
+            for name, value in (
+                ("NATS_USER", self.NATS_USER),
+                ("NATS_TOKEN", self.NATS_TOKEN),
+                ("NATS_CREDS_FILE", self.NATS_CREDS_FILE),
+                ("NATS_NKEY_SEED_FILE", self.NATS_NKEY_SEED_FILE),
+            )
+            if value
+        ]
+        if len(kinds) > 1:
+            raise ValueError(f"NATS credentials: set only one of {', '.join(kinds)}")
+        if bool(self.NATS_TLS_CERT_FILE) != bool(self.NATS_TLS_KEY_FILE):
+            raise ValueError("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together")
+        # The relay waits for acks inside its lane's transaction (plus a 1 s probe).
+        if self.OUTBOX_PUBLISH_TIMEOUT_SECONDS + 2 > self.DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS:
+            raise ValueError(
+                "OUTBOX_PUBLISH_TIMEOUT_SECONDS must stay 2 s below "
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS"
+            )
         return self
 
     @property

@@ -2,8 +2,16 @@
 
 Each socket joins one private room per app user, "<tenantId>:<userId>", so every
 device of a user receives the user's events and a user of another tenant with the same
-user id never does. Each replica follows the stream itself (see follower.py) and emits
-to its own sockets only; replicas share nothing.
+user id never does. Each replica follows the stream itself (services.events.consumer)
+and emits to its own sockets only; replicas share nothing.
+
+Sockets follow their tokens:
+- on every (re)connect the socket first gets `call.sync` {calls}: the user's live calls,
+  read from PostgreSQL; events for the user arriving meanwhile wait and follow it;
+- when the session token expires the socket gets `socket.closing` {reason:
+  TOKEN_EXPIRED} and is closed, so the client reconnects with a fresh token;
+- a replica holds at most SOCKETS_MAX_PER_USER sockets per user and
+  SOCKETS_MAX_PER_TENANT per tenant; one more is refused (TOO_MANY_SOCKETS).
 
 One ASGI app serves Socket.IO at /socket.io/, GET /healthz (200 once the NATS
 subscription exists) and Prometheus metrics at /metrics.
@@ -14,26 +22,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
 from typing import Any
 
+import jwt
 import socketio
 from google.protobuf import json_format
 from prometheus_client import Counter, Gauge, make_asgi_app
 from sendsar.calls.v1 import events_pb2
 
 from services.common.auth import verify_session
+from services.common.db import create_engine
 from services.common.errors import ServiceError
 from services.common.logging import log_fields
 from services.common.settings import Settings
-from services.socket_bridge.follower import EventFollower
+from services.events.consumer import EventConsumer
+from services.socket_bridge.sync import live_calls
 
 log = logging.getLogger(__name__)
 
 SOCKETIO_PATH = "socket.io"
+SYNC_EVENT = "call.sync"
+CLOSING_EVENT = "socket.closing"
 
 EMITTED = Counter("socket_bridge_events_emitted_total", "Call events emitted", ["type"])
 CONNECTIONS = Gauge("socket_bridge_connections", "Open Socket.IO connections")
-REFUSED = Counter("socket_bridge_connections_refused_total", "Refused Socket.IO connections")
+REFUSED = Counter(
+    "socket_bridge_connections_refused_total", "Refused Socket.IO connections", ["reason"]
+)  # UNAUTHENTICATED | TOO_MANY_SOCKETS
+CLOSED = Counter(
+    "socket_bridge_connections_closed_total", "Sockets closed by the bridge", ["reason"]
+)  # TOKEN_EXPIRED | SYNC_FAILED
 
 ASGIScope = dict[str, Any]
 
@@ -42,10 +63,11 @@ def user_room(tenant_id: str, user_id: str) -> str:
     return f"{tenant_id}:{user_id}"
 
 
-def refusal(message: str) -> socketio.exceptions.ConnectionRefusedError:
+def refusal(reason: str, message: str) -> socketio.exceptions.ConnectionRefusedError:
     """The client's connect_error handler gets {"message": ..., "data": {reason, message}}."""
+    REFUSED.labels(reason).inc()
     return socketio.exceptions.ConnectionRefusedError(
-        message, {"reason": "UNAUTHENTICATED", "message": message}
+        message, {"reason": reason, "message": message}
     )
 
 
@@ -53,6 +75,20 @@ def event_json(event: events_pb2.CallEvent) -> dict[str, Any]:
     """The event as clients see it: lowerCamelCase JSON with the same fields as REST
     (Envoy prints fields without presence too, so `endReason` etc. are always there)."""
     return json_format.MessageToDict(event, always_print_fields_with_no_presence=True)
+
+
+@dataclass
+class Socket:
+    tenant_id: str
+    user_id: str
+    expires_at: float  # the session token's exp (epoch seconds)
+    # Events for this socket held back until its call.sync is out (None once it is).
+    held: list[tuple[str, dict[str, Any]]] | None = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def room(self) -> str:
+        return user_room(self.tenant_id, self.user_id)
 
 
 class Bridge:
@@ -68,34 +104,124 @@ class Bridge:
         )
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)
-        self.follower = EventFollower(settings.NATS_URL, self.emit_event)
+        self.consumer = EventConsumer(settings, "socket-bridge", self.emit_events)
+        self.engine = create_engine(settings, pool_size=min(settings.DB_POOL_SIZE, 5))
+        self.sockets: dict[str, Socket] = {}
+        self.per_user: Tally[tuple[str, str]] = Tally()
+        self.per_tenant: Tally[str] = Tally()
         self._task: asyncio.Task[None] | None = None
+
+    # --- connections ---------------------------------------------------------------------
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
         if not isinstance(token, str) or not token:
-            REFUSED.inc()
-            raise refusal("auth.token (a session token) is required")
+            raise refusal("UNAUTHENTICATED", "auth.token (a session token) is required")
         try:
             principal = verify_session(token, self.settings.SESSION_SIGNING_KEY)
         except ServiceError as err:  # invalid or expired; the reason never names which key
-            REFUSED.inc()
-            raise refusal(err.message) from None
+            raise refusal("UNAUTHENTICATED", err.message) from None
         user_id = principal.user_id
         assert user_id is not None  # sessions always name their user
-        await self.sio.enter_room(sid, user_room(principal.tenant_id, user_id))
+        tenant_id = principal.tenant_id
+        # Counted and taken with no await in between: one event loop, no race.
+        if self.per_user[(tenant_id, user_id)] >= self.settings.SOCKETS_MAX_PER_USER:
+            raise refusal(
+                "TOO_MANY_SOCKETS",
+                f"at most {self.settings.SOCKETS_MAX_PER_USER} sockets per user",
+            )
+        if self.per_tenant[tenant_id] >= self.settings.SOCKETS_MAX_PER_TENANT:
+            raise refusal("TOO_MANY_SOCKETS", "the tenant's socket limit is reached")
+        # Verified above: exp is there and valid.
+        expires_at = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+        sock = Socket(tenant_id, user_id, expires_at)
+        self.sockets[sid] = sock
+        self.per_user[(tenant_id, user_id)] += 1
+        self.per_tenant[tenant_id] += 1
         CONNECTIONS.inc()
-        log.debug("socket connected", extra=log_fields(tenantId=principal.tenant_id))
+        await self.sio.enter_room(sid, sock.room)
+        # After this handler returns, Socket.IO sends the CONNECT; the task then syncs.
+        sock.task = asyncio.create_task(self._attend(sid, sock), name=f"socket-{sid}")
+        log.debug("socket connected", extra=log_fields(tenantId=tenant_id))
 
     async def on_disconnect(self, sid: str, *reason: Any) -> None:
+        sock = self.sockets.pop(sid, None)
+        if sock is None:
+            return
         CONNECTIONS.dec()
+        self.per_user[(sock.tenant_id, sock.user_id)] -= 1
+        if self.per_user[(sock.tenant_id, sock.user_id)] <= 0:
+            del self.per_user[(sock.tenant_id, sock.user_id)]
+        self.per_tenant[sock.tenant_id] -= 1
+        if self.per_tenant[sock.tenant_id] <= 0:
+            del self.per_tenant[sock.tenant_id]
+        if sock.task is not None and sock.task is not asyncio.current_task():
+            sock.task.cancel()
+
+    async def _attend(self, sid: str, sock: Socket) -> None:
+        """The socket's life after its CONNECT: call.sync first, then closing at expiry."""
+        try:
+            await self._sync(sid, sock)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # database away: the client reconnects and syncs later
+            log.warning("call.sync failed", extra=log_fields(error=type(exc).__name__))
+            await self._close(sid, "SYNC_FAILED", "the call state is unavailable; reconnect")
+            return
+        await asyncio.sleep(max(0.0, sock.expires_at - time.time()))
+        await self._close(
+            sid, "TOKEN_EXPIRED", "the session token expired; reconnect with a fresh one"
+        )
+
+    async def _sync(self, sid: str, sock: Socket) -> None:
+        calls = await live_calls(self.engine, tenant_id=sock.tenant_id, user_id=sock.user_id)
+        while not self.sio.manager.is_connected(sid, "/"):  # the CONNECT is on its way
+            if sid not in self.sockets:
+                return
+            await asyncio.sleep(0.01)
+        await self.sio.emit(SYNC_EVENT, {"calls": calls}, to=sid)
+        # Events that came meanwhile, in order; new ones join the queue until it is empty.
+        held = sock.held
+        while held:
+            event_type, data = held.pop(0)
+            await self.sio.emit(event_type, data, to=sid)
+        sock.held = None
+
+    async def _close(self, sid: str, reason: str, message: str) -> None:
+        CLOSED.labels(reason).inc()
+        with contextlib.suppress(Exception):
+            await self.sio.emit(CLOSING_EVENT, {"reason": reason, "message": message}, to=sid)
+        await self.sio.disconnect(sid)
+
+    # --- events --------------------------------------------------------------------------
+
+    async def emit_events(self, batch: list[events_pb2.CallEvent]) -> None:
+        for event in batch:
+            try:
+                await self.emit_event(event)
+            except Exception as exc:  # one bad emit must not stop the stream
+                log.error(
+                    "relaying a call event failed",
+                    extra=log_fields(
+                        tenantId=event.tenant_id,
+                        callId=event.call.id,
+                        eventId=event.id,
+                        error=type(exc).__name__,
+                    ),
+                )
 
     async def emit_event(self, event: events_pb2.CallEvent) -> None:
         """Emits the event under its type to every socket of every recipient."""
         if not event.recipient_user_ids:  # e.g. call.started: for webhooks only
             return
-        rooms = [user_room(event.tenant_id, u) for u in event.recipient_user_ids]
-        await self.sio.emit(event.type, event_json(event), to=rooms)
+        rooms = {user_room(event.tenant_id, u) for u in event.recipient_user_ids}
+        data = event_json(event)
+        syncing = [sid for sid, s in self.sockets.items() if s.held is not None and s.room in rooms]
+        for sid in syncing:
+            held = self.sockets[sid].held
+            assert held is not None
+            held.append((event.type, data))
+        await self.sio.emit(event.type, data, to=list(rooms), skip_sid=syncing or None)
         EMITTED.labels(event.type).inc()
         log.debug(
             "event emitted",
@@ -104,10 +230,10 @@ class Bridge:
             ),
         )
 
-    # --- process lifecycle (ASGI lifespan) --------------------------------------
+    # --- process lifecycle (ASGI lifespan) -------------------------------------------------
 
     async def startup(self) -> None:
-        self._task = asyncio.create_task(self.follower.run(), name="follower")
+        self._task = asyncio.create_task(self.consumer.run(), name="consumer")
 
     async def shutdown(self) -> None:
         task, self._task = self._task, None
@@ -115,7 +241,8 @@ class Bridge:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.follower.close()
+        await self.consumer.close()
+        await self.engine.dispose()
         log.info("socket bridge stopped")
 
 
@@ -139,7 +266,7 @@ def create_app(settings: Settings) -> tuple[socketio.ASGIApp, Bridge]:
         if scope["type"] != "http":
             return  # a websocket outside /socket.io/: closed without accepting
         if scope["path"] == "/healthz":
-            ok = bridge.follower.subscribed.is_set()
+            ok = bridge.consumer.ready.is_set()
             await _respond(send, 200 if ok else 503, b"ok" if ok else b"waiting for NATS")
         elif scope["path"] == "/metrics":
             await metrics(scope, receive, send)

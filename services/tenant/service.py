@@ -15,9 +15,9 @@ from services.common import validation
 from services.common.auth import Policy, current_principal, mint_session
 from services.common.db import transaction
 from services.common.errors import invalid, not_found
-from services.common.events import ALL as EVENT_TYPES
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
+from services.events.types import ALL as EVENT_TYPES
 from services.tenant import repo
 
 POLICIES = {

@@ -9,7 +9,7 @@ from typing import Any
 
 import socketio
 
-from services.common import events
+from services.events import types as events
 
 
 class Device:

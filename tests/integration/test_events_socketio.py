@@ -9,6 +9,7 @@ once the later event is there, a wrongly routed earlier one would be there too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 import urllib.request
@@ -16,15 +17,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
+import nats
 import psycopg
 import pytest
 import socketio
 from sendsar.calls.v1 import events_pb2
 
-from devstack.procs import http_ok
-from services.common import events
+from devstack.procs import free_port, http_ok
 from services.common.auth import mint_session
+from services.common.models import new_id
 from services.common.settings import DEV_SESSION_KEY
+from services.events import types as events
 from tests.conftest import Tenant
 from tests.stack import Stack
 
@@ -55,20 +58,41 @@ def bridge(stack: Stack) -> Iterator[None]:
 class Device:
     """One app-user device: a real Socket.IO client that records every call event."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, reconnection: bool = True) -> None:
         self.name = name
-        self.sio = socketio.AsyncClient(reconnection=True)
+        self.sio = socketio.AsyncClient(reconnection=reconnection)
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.syncs: list[dict[str, Any]] = []  # call.sync payloads
+        self.closing: list[dict[str, Any]] = []  # socket.closing payloads
+        self.timeline: list[str] = []  # every event name, in arrival order
+        self.refusals: list[Any] = []
         self.changed = asyncio.Event()
         for event_type in events.ALL:  # call.started too: a wrong emit fails
-            self.sio.on(event_type, self._recorder(event_type))
+            self.sio.on(event_type, self._recorder(event_type, self.events))
+        self.sio.on("call.sync", self._recorder("call.sync", None, self.syncs))
+        self.sio.on("socket.closing", self._recorder("socket.closing", None, self.closing))
+        self.sio.on("connect_error", self.refusals.append)
+        self.sio.on("disconnect", self._on_disconnect)
 
-    def _recorder(self, event_type: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    def _recorder(
+        self,
+        event_type: str,
+        typed: list[tuple[str, dict[str, Any]]] | None,
+        payloads: list[dict[str, Any]] | None = None,
+    ) -> Callable[[dict[str, Any]], Awaitable[None]]:
         async def record(data: dict[str, Any]) -> None:
-            self.events.append((event_type, data))
+            if typed is not None:
+                typed.append((event_type, data))
+            if payloads is not None:
+                payloads.append(data)
+            self.timeline.append(event_type)
             self.changed.set()
 
         return record
+
+    async def _on_disconnect(self, *reason: Any) -> None:
+        self.timeline.append("disconnect")
+        self.changed.set()
 
     def of(self, event_type: str | None = None, call_id: str | None = None) -> list[dict[str, Any]]:
         return [
@@ -442,3 +466,156 @@ def _wait_healthy(stack: Stack, within: float = 30) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("the bridge did not become healthy")
+
+
+# --- sockets follow their tokens: call.sync, expiry, caps ------------------------------
+
+
+async def open_socket(url: str, token: str, name: str = "device") -> Device:
+    """A socket without automatic reconnection; refusals are in `.refusals`."""
+    device = Device(name, reconnection=False)
+    with contextlib.suppress(socketio.exceptions.ConnectionError):
+        await device.sio.connect(
+            url,
+            auth={"token": token},
+            transports=["websocket"],
+            socketio_path="socket.io",
+            wait_timeout=WAIT,
+        )
+    return device
+
+
+async def test_call_sync_comes_first_on_every_connect_with_the_users_live_calls(
+    tenant: Tenant, connect: Connect
+) -> None:
+    direct_room = tenant.room("alice", "bob")
+    group_room = tenant.room("alice", "bob", "carol")
+    others_room = tenant.room("alice", "carol")  # bob is no member
+    bob = await connect(tenant, "bob")
+    await bob.until(lambda: bool(bob.syncs), "call.sync")
+    assert bob.timeline[0] == "call.sync" and bob.syncs == [{"calls": []}]
+
+    alice = tenant.user("alice")
+    direct = await start_call(alice, direct_room)
+    group = await start_call(alice, group_room)
+    await start_call(alice, others_room)
+    await bob.wait_for("call.invite", group["id"])
+    await bob.sio.disconnect()
+
+    again = await connect(tenant, "bob", "bob-again")  # events missed meanwhile: none lost
+    await again.until(lambda: bool(again.syncs), "call.sync")
+    assert again.timeline[0] == "call.sync"
+    synced = {c["id"]: c for c in again.syncs[0]["calls"]}
+    assert set(synced) == {direct["id"], group["id"]}
+    # Rendered exactly as REST renders the call.
+    reply = await asyncio.to_thread(
+        tenant.user("bob").get, f"/chat/rooms/{direct_room}/calls/active"
+    )
+    assert reply.status_code == 200 and synced[direct["id"]] == reply.json()["call"]
+    assert synced[direct["id"]]["status"] == "ringing"
+
+    # No longer a member of the group's room: that call is no longer his to see.
+    def remove_bob() -> None:
+        with tenant.api() as api:
+            reply = api.delete(f"/chat/rooms/{group_room}/members/bob")
+            assert reply.status_code == 200, reply.text
+
+    await asyncio.to_thread(remove_bob)
+    third = await connect(tenant, "bob", "bob-third")
+    await third.until(lambda: bool(third.syncs), "call.sync")
+    assert [c["id"] for c in third.syncs[0]["calls"]] == [direct["id"]]
+
+
+async def test_a_socket_is_closed_when_its_session_token_expires(
+    stack: Stack, bridge: None, tenant: Tenant
+) -> None:
+    token, _ = mint_session(
+        signing_key=DEV_SESSION_KEY,
+        tenant_id=tenant.tenant_id,
+        user_id="bob",
+        name=None,
+        ttl_seconds=3,
+    )
+    device = await open_socket(stack.rest, token, "bob")
+    connected_at = time.monotonic()
+    assert device.sio.connected
+    await device.until(lambda: "disconnect" in device.timeline, "the close", within=3 + WAIT)
+    assert time.monotonic() - connected_at > 1.5  # at expiry, not at once
+    assert device.timeline == ["call.sync", "socket.closing", "disconnect"]
+    assert device.closing[0]["reason"] == "TOKEN_EXPIRED" and device.closing[0]["message"]
+    assert not device.sio.connected
+
+
+async def test_sockets_per_user_and_per_tenant_are_capped_with_a_clear_refusal(
+    stack: Stack, new_tenant: Callable[..., Tenant]
+) -> None:
+    port = free_port()
+    proc = stack.start_worker(
+        "bridge-capped",
+        "services.socket_bridge",
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
+        HTTP_PORT=str(port),
+        SOCKETS_MAX_PER_USER="2",
+        SOCKETS_MAX_PER_TENANT="3",
+    )
+    url = f"http://127.0.0.1:{port}"
+    tenant, other = new_tenant(), new_tenant()
+    opened: list[Device] = []
+
+    async def socket_of(t: Tenant, user_id: str) -> Device:
+        device = await open_socket(url, await asyncio.to_thread(t.session_token, user_id))
+        opened.append(device)
+        return device
+
+    try:
+        first, second = await socket_of(tenant, "bob"), await socket_of(tenant, "bob")
+        assert first.sio.connected and second.sio.connected
+        third = await socket_of(tenant, "bob")
+        assert not third.sio.connected
+        assert third.refusals[0]["data"]["reason"] == "TOO_MANY_SOCKETS", third.refusals
+        carol = await socket_of(tenant, "carol")  # the tenant's third socket
+        assert carol.sio.connected
+        dave = await socket_of(tenant, "dave")
+        assert dave.refusals[0]["data"]["reason"] == "TOO_MANY_SOCKETS", dave.refusals
+        assert (await socket_of(other, "bob")).sio.connected  # other tenants are not affected
+        await first.sio.disconnect()
+        await asyncio.sleep(0.5)  # the bridge sees the disconnect
+        assert (await socket_of(tenant, "bob")).sio.connected  # a freed place is free again
+    finally:
+        for device in opened:
+            if device.sio.connected:
+                await device.sio.disconnect()
+        proc.stop()
+
+
+async def test_an_event_on_another_tenants_subject_is_dropped_and_counted(
+    stack: Stack, new_tenant: Callable[..., Tenant], connect: Connect
+) -> None:
+    """NATS is not trusted blindly: an event naming tenant A published on tenant B's
+    subject never reaches A's users."""
+    a, b = new_tenant(), new_tenant()
+    a_room = a.room("alice", "bob")
+    a_bob = await connect(a, "bob")
+    forged = events_pb2.CallEvent(
+        id=new_id("evt"), type=events.INVITE, tenant_id=a.tenant_id, recipient_user_ids=["bob"]
+    )
+    forged.call.id = new_id("call")
+    nc = await nats.connect(stack.nats_url)
+    try:
+        await nc.jetstream().publish(
+            events.subject(b.tenant_id, events.INVITE), forged.SerializeToString()
+        )
+    finally:
+        await nc.close()
+    # A later event on the same socket: the forged one, had it passed, would be there first.
+    call = await start_call(a.user("alice"), a_room)
+    await a_bob.wait_for("call.invite", call["id"])
+    assert a_bob.of("call.invite", forged.call.id) == []
+
+    def metrics() -> str:
+        url = f"http://127.0.0.1:{stack.bridge_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return str(reply.read().decode())
+
+    dropped = 'events_dropped_total{consumer="socket-bridge",reason="tenant_mismatch"}'
+    assert dropped in await asyncio.to_thread(metrics)

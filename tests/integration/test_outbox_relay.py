@@ -1,13 +1,35 @@
-"""The outbox relay: events committed while NATS is down survive a crash of the relay."""
+"""The outbox relay against the real stack: events committed while NATS is down survive a
+crash of the relay; a bad event is dead-lettered without delaying anyone; a frozen
+lane leader is replaced within 30 s; retention prunes old rows."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
+import nats
+import psycopg
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import REGISTRY
+from sendsar.calls.v1 import events_pb2
 
+from devstack import postgres
+from devstack.procs import ROOT, free_port, grpc_serving
+from services.common.db import create_engine
+from services.common.models import new_id
+from services.common.settings import load_settings
+from services.events import retention, types
+from services.events.relay import LOCK_CLASS, OutboxRelay
 from tests.conftest import Tenant
 from tests.integration.realtime import Device, settle
 from tests.stack import Stack
@@ -70,3 +92,346 @@ async def test_relay_killed_with_unpublished_events_loses_nothing(
         stack.start_nats()
         stack.start_grpc_service("calls", "services.calls")
     await _expect_each_once(bob, committed)
+
+
+# --- bad events, lanes, frozen leaders, retention ------------------------------------------
+
+
+def _event(tenant_id: str, recipients: list[str], event_type: str = "call.invite") -> Any:
+    event = events_pb2.CallEvent(
+        id=new_id("evt"), type=event_type, tenant_id=tenant_id, recipient_user_ids=recipients
+    )
+    event.call.id = new_id("call")
+    return event
+
+
+def _write_outbox(database_url: str, rows: list[tuple[str, str, str, bytes]]) -> None:
+    """Outbox rows (id, tenant_id, subject, payload) as the writer commits them."""
+    with psycopg.connect(database_url) as db:
+        with db.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO outbox (id, tenant_id, subject, payload) VALUES (%s, %s, %s, %s)",
+                rows,
+            )
+            cur.execute(f"NOTIFY {types.NOTIFY_CHANNEL}")
+        db.commit()
+
+
+def _query(database_url: str, sql: str, *args: Any) -> list[Any]:
+    with psycopg.connect(database_url, autocommit=True) as db:
+        return list(db.execute(sql, args).fetchall())
+
+
+async def _poll(check: Callable[[], Any], what: str, within: float) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = await asyncio.to_thread(check)
+        if result:
+            return result
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what} not within {within}s")
+
+
+async def test_an_unpublishable_event_never_delays_another_invite(
+    stack: Stack, new_tenant: Callable[..., Tenant], devices: Callable[..., Any]
+) -> None:
+    """An event over NATS's max_payload, in the very lane of the next invites, is
+    dead-lettered with its error and a log line; the invites after it ring at once."""
+    a, b = new_tenant(), new_tenant()
+    a_room, b_room = a.room("alice", "bob"), b.room("alice", "bob")
+    a_bob, b_bob = await devices(a, "bob", "a-bob"), await devices(b, "bob", "b-bob")
+    huge = _event(a.tenant_id, [f"user-{i:0120d}" for i in range(9000)])  # > 1 MiB
+    payload = huge.SerializeToString()
+    assert len(payload) > 1 << 20
+    await asyncio.to_thread(
+        _write_outbox,
+        stack.database_url,
+        [(huge.id, a.tenant_id, types.subject(a.tenant_id, types.INVITE), payload)],
+    )
+    started = time.monotonic()
+    a_call = post(a.user("alice"), f"/chat/rooms/{a_room}/calls")["call"]
+    b_call = post(b.user("alice"), f"/chat/rooms/{b_room}/calls")["call"]
+    await a_bob.wait_for("call.invite", a_call["id"], within=10)
+    await b_bob.wait_for("call.invite", b_call["id"], within=10)
+    assert time.monotonic() - started < 10
+
+    dead = await _poll(
+        lambda: _query(
+            stack.database_url,
+            "SELECT tenant_id, error, attempts, length(payload) FROM outbox_dead_letters"
+            " WHERE id = %s",
+            huge.id,
+        ),
+        "the dead letter",
+        10,
+    )
+    tenant_id, error, attempts, size = dead[0]
+    assert tenant_id == a.tenant_id and "MaxPayloadError" in error and attempts == 1
+    assert size == len(payload)  # kept whole, for an operator to inspect
+    assert _query(stack.database_url, "SELECT 1 FROM outbox WHERE id = %s", huge.id) == []
+    logs = "".join(p.log.read_text(errors="replace") for p in stack.procs.values())
+    assert "outbox event dead-lettered" in logs and huge.id in logs
+    assert a_bob.of("call.invite", huge.call.id) == []
+
+
+@pytest.fixture
+def scratch_db(stack: Stack) -> Iterator[str]:
+    """A database of its own with the schema, for a relay or retention that must not
+    share its tables with the stack's relays."""
+    name = f"scratch_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(stack.database_url, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    url = postgres.url(stack.pg_port, name)
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=stack.env(DATABASE_URL=url),
+        check=True,
+        capture_output=True,
+    )
+    yield url
+    with psycopg.connect(stack.database_url, autocommit=True) as db:
+        db.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+async def test_an_event_failing_again_and_again_is_dead_lettered_and_counted(
+    stack: Stack, scratch_db: str
+) -> None:
+    """No stream takes the bad event's subject: it fails while JetStream answers, so
+    after OUTBOX_MAX_ATTEMPTS rounds it is dead-lettered; the good event behind it in the
+    same lane is published meanwhile."""
+    settings = load_settings(
+        DATABASE_URL=scratch_db,
+        NATS_URL=stack.nats_url,
+        OUTBOX_MAX_ATTEMPTS=3,
+        OUTBOX_POLL_SECONDS=0.1,
+        OUTBOX_PUBLISH_TIMEOUT_SECONDS=2,
+        ENV="test",
+    )
+    tenant = new_id("ten")
+    bad, good = _event(tenant, ["bob"]), _event(tenant, ["bob"])
+    await asyncio.to_thread(
+        _write_outbox,
+        scratch_db,
+        [
+            (bad.id, tenant, f"sendsar_unstored.{tenant}.calls.invite", bad.SerializeToString()),
+            (good.id, tenant, types.subject(tenant, types.INVITE), good.SerializeToString()),
+        ],
+    )
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("outbox_dead_letters_total", {"reason": "failing"}) or 0
+
+    before = counted()
+    engine = create_engine(settings, pool_size=2)
+    task = asyncio.create_task(OutboxRelay(settings, engine).run())
+    try:
+        dead = await _poll(
+            lambda: _query(
+                scratch_db, "SELECT error, attempts FROM outbox_dead_letters WHERE id = %s", bad.id
+            ),
+            "the dead letter",
+            30,
+        )
+        assert dead[0][1] == 3 and "NoStreamResponseError" in dead[0][0], dead
+        published = _query(scratch_db, "SELECT published_at FROM outbox WHERE id = %s", good.id)
+        assert published[0][0] is not None
+        assert counted() == before + 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await engine.dispose()
+
+
+def _held_lanes(database_url: str, pid: int) -> list[int]:
+    """The relay lanes whose advisory lock the process `pid` holds right now."""
+    rows = _query(
+        database_url,
+        "SELECT l.objid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s"
+        " AND a.application_name = %s",
+        LOCK_CLASS,
+        f"events-{pid}",
+    )
+    return [int(r[0]) for r in rows]
+
+
+def _stored_ids(stack: Stack, tenants: list[str]) -> list[str]:
+    """Every event id the stream holds for these tenants (after JetStream's de-dup)."""
+
+    async def read() -> list[str]:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            js = nc.jetstream()
+            sub = await js.pull_subscribe(
+                "",
+                stream=types.STREAM,
+                config=ConsumerConfig(
+                    filter_subjects=[f"sendsar.{t}.calls.>" for t in tenants],
+                    ack_policy=AckPolicy.NONE,
+                    deliver_policy=DeliverPolicy.ALL,
+                    mem_storage=True,
+                ),
+            )
+            ids: list[str] = []
+            while True:
+                try:
+                    msgs = await sub.fetch(1000, timeout=2)
+                except TimeoutError:
+                    return ids
+                ids.extend(events_pb2.CallEvent.FromString(m.data).id for m in msgs)
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+@pytest.mark.slow
+async def test_a_frozen_leader_loses_its_lanes_within_30s_and_nothing_is_lost(
+    stack: Stack,
+) -> None:
+    """A relay replica frozen (SIGSTOP) while it leads a lane: the database ends its idle
+    transaction, another replica publishes the lane, and after de-dup every event is in
+    the stream exactly once, also once the frozen one resumes."""
+    port = free_port()
+    replica = stack.start_worker(
+        "relay-2",
+        "services.events",
+        ready=lambda: grpc_serving(f"127.0.0.1:{port}"),
+        GRPC_PORT=str(port),
+    )
+    tenants = [new_id("ten") for _ in range(16)]  # every lane gets rows
+    rows = []
+    for i in range(20_000):
+        tenant = tenants[i % len(tenants)]
+        event = _event(tenant, ["bob"])
+        rows.append(
+            (event.id, tenant, types.subject(tenant, types.INVITE), event.SerializeToString())
+        )
+    try:
+        await asyncio.to_thread(_write_outbox, stack.database_url, rows)
+        frozen_at = None
+        deadline = time.monotonic() + 30
+        while frozen_at is None and time.monotonic() < deadline:
+            os.kill(replica.pid, signal.SIGSTOP)
+            if await asyncio.to_thread(_held_lanes, stack.database_url, replica.pid):
+                frozen_at = time.monotonic()
+            else:
+                os.kill(replica.pid, signal.SIGCONT)
+                await asyncio.sleep(0.02)
+        assert frozen_at is not None, "the second replica never led a lane"
+
+        def unpublished() -> int:
+            return int(
+                _query(
+                    stack.database_url,
+                    "SELECT count(*) FROM outbox"
+                    " WHERE tenant_id = ANY(%s) AND published_at IS NULL",
+                    tenants,
+                )[0][0]
+            )
+
+        await _poll(lambda: unpublished() == 0, "every event published", 30)
+        assert time.monotonic() - frozen_at < 30
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    await asyncio.sleep(3)  # the resumed replica finds its transaction gone
+    stored = await asyncio.to_thread(_stored_ids, stack, tenants)
+    assert len(stored) == len(set(stored)) == len(rows)
+    assert set(stored) == {r[0] for r in rows}
+    replica.stop()
+
+
+async def test_retention_prunes_only_old_finished_rows_in_small_batches(scratch_db: str) -> None:
+    def setup() -> None:
+        with psycopg.connect(scratch_db) as db:
+            for name, age, published in [
+                ("old-published", "8 days", True),
+                ("old-published-2", "9 days", True),
+                ("old-published-3", "10 days", True),
+                ("old-unpublished", "8 days", False),
+                ("new-published", "1 day", True),
+            ]:
+                db.execute(
+                    "INSERT INTO outbox (id, tenant_id, subject, payload, created_at, published_at)"
+                    " VALUES (%s, 't', 's', '', now() - %s::interval,"
+                    " CASE WHEN %s THEN now() END)",
+                    (name, age, published),
+                )
+            for seq, age in [(1, "8 days"), (2, "1 day")]:
+                db.execute(
+                    "INSERT INTO outbox_dead_letters (seq, id, tenant_id, subject, payload, error,"
+                    " attempts, created_at, failed_at) VALUES (%s, %s, 't', 's', '', 'e', 1,"
+                    " now(), now() - %s::interval)",
+                    (seq, f"dead-{seq}", age),
+                )
+            for name, status, age in [
+                ("old-delivered", "delivered", "8 days"),
+                ("old-failed", "failed", "8 days"),
+                ("old-pending", "pending", "8 days"),
+                ("new-delivered", "delivered", "1 day"),
+            ]:
+                db.execute(
+                    "INSERT INTO webhook_deliveries (id, tenant_id, event_id, event_type, body,"
+                    " status, attempts, created_at) VALUES (%s, 't', %s, 'call.ended', '{}', %s,"
+                    " 1, now() - %s::interval)",
+                    (name, name, status, age),
+                )
+            db.commit()
+
+    await asyncio.to_thread(setup)
+    settings = load_settings(DATABASE_URL=scratch_db, ENV="test")
+    engine = create_engine(settings, pool_size=1)
+    week = timedelta(days=7)
+    try:
+        assert await retention.prune(engine, retention.OUTBOX, older_than=week, batch=2) == 3
+        assert await retention.prune(engine, retention.DEAD_LETTERS, older_than=week, batch=2) == 1
+        assert (
+            await retention.prune(engine, retention.WEBHOOK_DELIVERIES, older_than=week, batch=1)
+            == 2
+        )
+    finally:
+        await engine.dispose()
+    outbox = {r[0] for r in _query(scratch_db, "SELECT id FROM outbox")}
+    assert outbox == {"old-unpublished", "new-published"}
+    assert {r[0] for r in _query(scratch_db, "SELECT id FROM outbox_dead_letters")} == {"dead-2"}
+    deliveries = {r[0] for r in _query(scratch_db, "SELECT id FROM webhook_deliveries")}
+    assert deliveries == {"old-pending", "new-delivered"}
+
+
+async def test_the_stream_is_bounded_by_age_and_bytes(stack: Stack) -> None:
+    defaults = load_settings(DATABASE_URL=stack.database_url, ENV="test")
+    nc = await nats.connect(stack.nats_url)
+    try:
+        info = await nc.jetstream().stream_info(types.STREAM)
+    finally:
+        await nc.close()
+    assert info.config.max_bytes == defaults.NATS_STREAM_MAX_BYTES == 1 << 30
+    assert info.config.max_age == defaults.NATS_STREAM_MAX_AGE_SECONDS == 7 * 24 * 3600
+
+
+async def test_database_sessions_carry_keepalives_and_timeouts(stack: Stack) -> None:
+    settings = load_settings(DATABASE_URL=stack.database_url, ENV="test", SERVICE_NAME="probe")
+    engine = create_engine(settings, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            shown = {
+                name: (await conn.exec_driver_sql(f"SHOW {name}")).scalar()
+                for name in (
+                    "idle_in_transaction_session_timeout",
+                    "lock_timeout",
+                    "statement_timeout",
+                    "tcp_keepalives_idle",
+                    "application_name",
+                )
+            }
+    finally:
+        await engine.dispose()
+    assert shown == {
+        "idle_in_transaction_session_timeout": "10s",
+        "lock_timeout": "5s",
+        "statement_timeout": "15s",
+        "tcp_keepalives_idle": "10",
+        "application_name": f"probe-{os.getpid()}",
+    }

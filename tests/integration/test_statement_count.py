@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.calls.media import Media
 from services.calls.transitions import CallTransitions
-from services.common.db import libpq_options
+from services.common.db import connect_params
 from services.common.errors import ServiceError
 from services.common.settings import load_settings
 from tests.conftest import Tenant
@@ -40,7 +40,7 @@ async def calls(stack: Stack) -> AsyncIterator[CallTransitions]:
         settings.libpq_url,
         min_size=1,
         max_size=2,
-        kwargs={"autocommit": True, "options": libpq_options(), "cursor_factory": CountingCursor},
+        kwargs={"autocommit": True, **connect_params(settings), "cursor_factory": CountingCursor},
         open=False,
     )
     await pool.open(wait=True)

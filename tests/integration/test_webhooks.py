@@ -10,11 +10,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats
 import psycopg
 import pytest
 from aiohttp import web
+from sendsar.calls.v1 import events_pb2
 
 from devstack.procs import free_port, grpc_serving
+from services.common.models import new_id
+from services.events import types
 from services.webhooks import signing
 from tests.conftest import Tenant
 from tests.stack import Stack
@@ -377,3 +381,35 @@ async def test_a_hanging_tenant_does_not_delay_another(
         assert slow.hits == []  # every slow request was still hanging meanwhile
     finally:
         await delete_webhook(slow_tenant)  # its deliveries end as failed
+
+
+# --- intake: NATS is not trusted blindly ---------------------------------------------------
+
+
+async def test_an_event_on_another_tenants_subject_is_never_delivered(
+    stack: Stack, new_tenant: Callable[..., Tenant], receiver: StartReceiver
+) -> None:
+    """An event naming tenant A published on tenant B's subject: dropped by the intake,
+    so A's endpoint never gets it (and B's never gets A's data)."""
+    a, b = new_tenant(), new_tenant()
+    rec_a, rec_b = await receiver(), await receiver()
+    await put_webhook(a, rec_a.url, ["call.started"])
+    await put_webhook(b, rec_b.url, ["call.started"])
+    forged = events_pb2.CallEvent(id=new_id("evt"), type="call.started", tenant_id=a.tenant_id)
+    forged.call.id = new_id("call")
+    forged.occurred_at.GetCurrentTime()
+    nc = await nats.connect(stack.nats_url)
+    try:
+        await nc.jetstream().publish(
+            types.subject(b.tenant_id, types.STARTED), forged.SerializeToString()
+        )
+    finally:
+        await nc.close()
+    # A later genuine event of A: once it is delivered, the forged one was taken before it.
+    _, call_id = await start_call(a, "alice", "bob")
+    hit = await rec_a.wait_for("call.started")
+    assert hit.event["call"]["id"] == call_id
+    await asyncio.sleep(1)
+    assert [h.event["id"] for h in rec_a.hits + rec_b.hits if h.event["id"] == forged.id] == []
+    ids = {r["event_id"] for r in deliveries(stack, a.tenant_id) + deliveries(stack, b.tenant_id)}
+    assert forged.id not in ids

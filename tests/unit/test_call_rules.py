@@ -11,8 +11,8 @@ import pytest
 
 from services.calls import domain
 from services.calls.domain import Call, CallPolicy, Change, Event
-from services.common import events
 from services.common.errors import ServiceError
+from services.events import types as events
 
 T0 = datetime(2026, 5, 1, 9, 0, 0, tzinfo=UTC)
 POLICY = CallPolicy(enabled=True, max_participants=8, ring_timeout_seconds=45, default_type="video")

@@ -1,4 +1,4 @@
-"""Call event types and their NATS subjects."""
+"""Call event types, their NATS subjects and the outbox's wake-up channel."""
 
 from __future__ import annotations
 
@@ -16,7 +16,18 @@ ALL = (INVITE, STARTED, ACCEPTED, DECLINED, ENDED, MISSED, PARTICIPANT_JOINED, P
 STREAM = "SENDSAR_CALLS"
 SUBJECTS = "sendsar.*.calls.>"
 
+# The outbox writer NOTIFYs this channel once per transaction; relays LISTEN on it.
+NOTIFY_CHANNEL = "sendsar_outbox"
+
 
 def subject(tenant_id: str, event_type: str) -> str:
     # "call.missed" -> sendsar.<tenant>.calls.missed
     return f"sendsar.{tenant_id}.calls.{event_type.removeprefix('call.')}"
+
+
+def tenant_of(subject_: str) -> str | None:
+    """The tenant a subject belongs to, or None for a subject outside our scheme."""
+    tokens = subject_.split(".")
+    if len(tokens) < 4 or tokens[0] != "sendsar" or tokens[2] != "calls" or not tokens[1]:
+        return None
+    return tokens[1]

@@ -1,0 +1,270 @@
+"""The one reconnecting reader of the call-event stream, used by the socket bridge and
+the webhook intake alike. It owns the connection, (re)subscribing after a NATS restart
+or a lost store, decoding, and the checks every reader needs; its user supplies a batch
+handler and picks one of two ways to read:
+
+- follow (durable=None; the socket bridge): every replica reads every event through an
+  ephemeral consumer starting at the stream's end when the process starts, resumed from
+  the last stream sequence it handled after any reconnect. Sequences at or below that
+  are dropped (no history replayed to clients), a recreated stream is followed from its
+  start, and event ids handled recently are dropped (an event the relay re-published
+  after JetStream's de-duplication window reaches sockets once).
+- share (durable="name"; the webhook intake): replicas share one durable consumer, each
+  event goes to one of them; a batch is acknowledged only after its handler returned,
+  and handed back (nak) when the handler raised.
+
+Events are dropped, counted and logged, never handled, when undecodable or when their
+tenant differs from their subject's tenant (NATS is not trusted blindly: a publisher on
+one tenant's subject cannot reach another tenant's users or webhooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+from prometheus_client import Counter, Gauge
+from sendsar.calls.v1 import events_pb2
+
+from services.common.logging import log_fields
+from services.common.settings import Settings
+from services.events import types
+from services.events.jetstream import connect, ensure_stream
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[list[events_pb2.CallEvent]], Awaitable[object]]
+
+CONSUMED = Counter("events_consumed_total", "Call events handed to a handler", ["consumer"])
+DROPPED = Counter(
+    "events_dropped_total", "Call events dropped by a consumer", ["consumer", "reason"]
+)  # undecodable | tenant_mismatch | replayed | duplicate
+CONNECTED = Gauge("events_nats_connected", "1 while connected to NATS", ["consumer"])
+
+ACK_WAIT_SECONDS = 30
+CHECK_SECONDS = 5.0  # how often an idle consumer checks its consumer and stream still exist
+INACTIVE_SECONDS = 60  # an ephemeral consumer nobody reads any more is removed by NATS
+REMEMBER_IDS = 10_000
+
+
+def decode(msg: Msg) -> tuple[events_pb2.CallEvent | None, str | None]:
+    """The event, or None and the reason it is dropped."""
+    event = events_pb2.CallEvent()
+    try:
+        event.ParseFromString(msg.data)
+    except DecodeError:
+        return None, "undecodable"
+    if types.tenant_of(msg.subject) != event.tenant_id:
+        return None, "tenant_mismatch"
+    return event, None
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        handle: Handler,
+        *,
+        durable: str | None = None,
+        batch: int = 100,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.handle = handle
+        self.durable = durable
+        self.batch = batch
+        self.ready = asyncio.Event()  # set while subscribed (the bridge's readiness)
+        self._nc: NATS | None = None
+        self._resubscribe = asyncio.Event()
+        self._last_seq = 0  # follow: highest stream sequence handled
+        self._stream_created: datetime | None = None
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    # --- connection and subscription -----------------------------------------------------
+
+    async def _connect(self) -> NATS:
+        async def on_disconnected() -> None:
+            CONNECTED.labels(self.name).set(0)
+            log.warning("nats disconnected; reconnecting", extra=log_fields(consumer=self.name))
+
+        async def on_reconnected() -> None:
+            CONNECTED.labels(self.name).set(1)
+            # The consumer may be gone with a restarted NATS: subscribe again, from where
+            # this consumer is (follow) or to the durable consumer (share).
+            self._resubscribe.set()
+
+        nc = await connect(
+            self.settings,
+            self.name,
+            on_disconnected=on_disconnected,
+            on_reconnected=on_reconnected,
+        )
+        CONNECTED.labels(self.name).set(1)
+        return nc
+
+    async def _subscribe(self, nc: NATS) -> JetStreamContext.PullSubscription:
+        await ensure_stream(nc, self.settings)
+        js = nc.jetstream()
+        if self.durable is not None:
+            # Binds to the durable consumer, or creates it from the stream's start (events
+            # published before the first replica started are not lost).
+            return await js.pull_subscribe(
+                types.SUBJECTS,
+                durable=self.durable,
+                stream=types.STREAM,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=ACK_WAIT_SECONDS,
+                    max_deliver=-1,  # at least once: never give up on an event
+                    deliver_policy=DeliverPolicy.ALL,
+                ),
+            )
+        info = await js.stream_info(types.STREAM)
+        if self._stream_created is None:
+            self._last_seq = info.state.last_seq  # first start: new events only
+        elif info.created != self._stream_created:
+            self._last_seq = 0  # a new stream: all of it is new to us
+        self._stream_created = info.created
+        return await js.pull_subscribe(
+            types.SUBJECTS,
+            stream=types.STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=self._last_seq + 1,
+                inactive_threshold=INACTIVE_SECONDS,
+                mem_storage=True,
+            ),
+        )
+
+    async def _check(self, nc: NATS, sub: JetStreamContext.PullSubscription) -> None:
+        """Raises when the consumer is gone; asks for a new one when the stream is new."""
+        await sub.consumer_info()
+        if self.durable is None:
+            info = await nc.jetstream().stream_info(types.STREAM)
+            if info.created != self._stream_created:
+                self._resubscribe.set()
+
+    # --- events --------------------------------------------------------------------------
+
+    def _fresh(self, msg: Msg, event: events_pb2.CallEvent) -> bool:
+        """follow: whether this replica has not handled the message's event yet."""
+        seq = msg.metadata.sequence.stream
+        if seq <= self._last_seq:
+            DROPPED.labels(self.name, "replayed").inc()
+            return False
+        self._last_seq = seq
+        if event.id in self._seen:
+            DROPPED.labels(self.name, "duplicate").inc()
+            return False
+        self._seen[event.id] = None
+        if len(self._seen) > REMEMBER_IDS:
+            self._seen.popitem(last=False)
+        return True
+
+    async def _take(self, msgs: list[Msg]) -> None:
+        taken: list[Msg] = []
+        batch: list[events_pb2.CallEvent] = []
+        for msg in msgs:
+            event, dropped = decode(msg)
+            if event is None:
+                DROPPED.labels(self.name, str(dropped)).inc()
+                log.warning(
+                    "call event dropped",
+                    extra=log_fields(consumer=self.name, subject=msg.subject, reason=dropped),
+                )
+                if self.durable is not None:
+                    await msg.term()  # redelivering it would never help
+                elif msg.metadata.sequence.stream > self._last_seq:
+                    self._last_seq = msg.metadata.sequence.stream
+                continue
+            if self.durable is None and not self._fresh(msg, event):
+                continue
+            taken.append(msg)
+            batch.append(event)
+        if not batch:
+            return
+        CONSUMED.labels(self.name).inc(len(batch))
+        try:
+            await self.handle(batch)
+        except Exception as exc:
+            log.warning(
+                "call events not handled",
+                extra=log_fields(consumer=self.name, error=type(exc).__name__),
+            )
+            if self.durable is not None:  # hand the batch back for a later try
+                for msg in taken:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=2)
+                await asyncio.sleep(1)
+            return
+        if self.durable is not None:
+            for msg in taken:
+                await msg.ack()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reads the stream for as long as the process lives."""
+        while self._nc is None:
+            try:
+                self._nc = await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "waiting for NATS",
+                    extra=log_fields(consumer=self.name, error=type(exc).__name__),
+                )
+                await asyncio.sleep(0.5)
+        nc = self._nc
+        while True:
+            sub: JetStreamContext.PullSubscription | None = None
+            self._resubscribe.clear()
+            try:
+                sub = await self._subscribe(nc)
+                self.ready.set()
+                log.info("following call events", extra=log_fields(consumer=self.name))
+                checked = time.monotonic()
+                while not self._resubscribe.is_set():
+                    try:
+                        msgs = await sub.fetch(self.batch, timeout=1)
+                    except TimeoutError:  # nothing new, or NATS reconnecting
+                        if time.monotonic() - checked > CHECK_SECONDS:
+                            checked = time.monotonic()
+                            await self._check(nc, sub)
+                        continue
+                    await self._take(msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # consumer or stream gone, NATS away: subscribe again
+                self.ready.clear()
+                log.warning(
+                    "event consumer resubscribing",
+                    extra=log_fields(consumer=self.name, error=type(exc).__name__),
+                )
+                await asyncio.sleep(0.5)
+            finally:
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+
+    async def close(self) -> None:
+        """Drains the connection: handlers of events already received finish first."""
+        self.ready.clear()
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.drain(), 5)
+        CONNECTED.labels(self.name).set(0)

@@ -1,0 +1,275 @@
+"""Outbox relay: publishes committed call events to NATS JetStream, at least once, in
+order within a lane, with no event able to hold up any other lane.
+
+Lanes: the outbox is partitioned by tenant into OUTBOX_LANES lanes (a column the
+database computes from tenant_id). Every relay replica runs one loop per lane; a batch
+of a lane is taken under that lane's transaction-scoped advisory lock, so one replica
+at a time publishes a lane, in sequence order, and more replicas share the lanes. The
+lock lives as long as the batch's transaction: a replica frozen mid-batch loses it when
+the database ends its idle transaction (DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS), never
+later, and another replica takes the lane over. Session-level locks would survive a
+SIGSTOP: the frozen process's kernel still answers TCP keepalives.
+
+Bad events: a message NATS refuses (over its max_payload, a malformed subject) goes to
+outbox_dead_letters at once; one that fails OUTBOX_MAX_ATTEMPTS rounds while JetStream
+itself answers goes there too. Failures while NATS or the stream is away blame no event:
+the lane backs off and tries again. Either way the lane moves on.
+
+The event id is the Nats-Msg-Id, so a batch re-published after a crash (published to
+JetStream, not yet marked in the database) is dropped by JetStream's de-duplication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
+from prometheus_client import Counter, Gauge
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.db import connect_params, create_engine, transaction
+from services.common.logging import log_fields
+from services.common.models import DEAD_LETTERS, OUTBOX, OUTBOX_LANES
+from services.common.settings import Settings
+from services.events import retention, types
+from services.events.jetstream import connect, ensure_stream
+from services.events.publish import Message, Outcome, Result, publish_batch
+
+log = logging.getLogger(__name__)
+
+PUBLISHED = Counter("outbox_events_published_total", "Outbox events published to NATS")
+DEAD = Counter(
+    "outbox_dead_letters_total", "Outbox events moved to the dead-letter table", ["reason"]
+)  # refused | failing
+LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox event (0: none)")
+
+LOCK_CLASS = 727275  # advisory locks (LOCK_CLASS, lane)
+MAX_BACKOFF_SECONDS = 5.0
+PROBE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Round:
+    taken: int  # events published or dead-lettered
+    stalled: bool  # some events could not be published: back off before the next round
+
+
+class OutboxRelay:
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.wakeups = [asyncio.Event() for _ in range(OUTBOX_LANES)]
+        self.failures: dict[str, int] = {}  # event id -> failed rounds (this replica's count)
+
+    # --- one batch of one lane ---------------------------------------------------------
+
+    async def relay_lane(self, nc: NATS, lane: int) -> Round:
+        if not nc.is_connected:
+            return Round(0, stalled=True)
+        async with transaction(self.engine) as conn:
+            locked = (
+                await conn.execute(select(func.pg_try_advisory_xact_lock(LOCK_CLASS, lane)))
+            ).scalar()
+            if not locked:  # another replica leads this lane right now
+                return Round(0, stalled=False)
+            rows = (
+                await conn.execute(
+                    select(
+                        OUTBOX.c.seq,
+                        OUTBOX.c.id,
+                        OUTBOX.c.tenant_id,
+                        OUTBOX.c.subject,
+                        OUTBOX.c.payload,
+                        OUTBOX.c.created_at,
+                    )
+                    .where(OUTBOX.c.lane == lane, OUTBOX.c.published_at.is_(None))
+                    .order_by(OUTBOX.c.seq)
+                    .limit(self.settings.OUTBOX_BATCH_SIZE)
+                )
+            ).all()
+            if not rows:
+                return Round(0, stalled=False)
+            outcomes = await publish_batch(
+                nc,
+                [Message(r.id, r.subject, bytes(r.payload)) for r in rows],
+                self.settings.OUTBOX_PUBLISH_TIMEOUT_SECONDS,
+            )
+            published = [
+                r for r, o in zip(rows, outcomes, strict=True) if o.result is Result.PUBLISHED
+            ]
+            failed = [
+                (r, o) for r, o in zip(rows, outcomes, strict=True) if o.result is Result.FAILED
+            ]
+            # A failure counts against its event only while JetStream demonstrably works.
+            blame = bool(failed) and (bool(published) or await self._jetstream_answers(nc))
+            dead = self._dead(rows, outcomes, blame)
+            if published:
+                await conn.execute(
+                    update(OUTBOX)
+                    .where(OUTBOX.c.seq.in_([r.seq for r in published]))
+                    .values(published_at=func.now())
+                )
+            if dead:
+                await conn.execute(insert(DEAD_LETTERS), [values for values, _ in dead])
+                await conn.execute(
+                    delete(OUTBOX).where(OUTBOX.c.seq.in_([values["seq"] for values, _ in dead]))
+                )
+        PUBLISHED.inc(len(published))
+        for r in published:
+            self.failures.pop(r.id, None)
+        for values, reason in dead:
+            self.failures.pop(values["id"], None)
+            DEAD.labels(reason).inc()
+            log.error(
+                "outbox event dead-lettered",
+                extra=log_fields(
+                    tenantId=values["tenant_id"],
+                    eventId=values["id"],
+                    subject=values["subject"],
+                    lane=lane,
+                    attempts=values["attempts"],
+                    error=values["error"],
+                ),
+            )
+        if failed and not blame:
+            log.warning(
+                "outbox lane waiting for NATS",
+                extra=log_fields(lane=lane, pending=len(failed), error=failed[0][1].error),
+            )
+        dead_ids = {values["id"] for values, _ in dead}
+        return Round(
+            len(published) + len(dead), stalled=any(r.id not in dead_ids for r, _ in failed)
+        )
+
+    def _dead(
+        self, rows: Sequence[Any], outcomes: list[Outcome], blame: bool
+    ) -> list[tuple[dict[str, Any], str]]:
+        """The dead-letter rows of this round, with the reason for each."""
+        dead: list[tuple[dict[str, Any], str]] = []
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if outcome.result is Result.REFUSED:
+                attempts, reason = self.failures.get(row.id, 0) + 1, "refused"
+            elif outcome.result is Result.FAILED and blame:
+                attempts = self.failures[row.id] = self.failures.get(row.id, 0) + 1
+                if attempts < self.settings.OUTBOX_MAX_ATTEMPTS:
+                    continue
+                reason = "failing"
+            else:
+                continue
+            values = {
+                "seq": row.seq,
+                "id": row.id,
+                "tenant_id": row.tenant_id,
+                "subject": row.subject,
+                "payload": row.payload,
+                "error": (outcome.error or "unknown")[:500],
+                "attempts": attempts,
+                "created_at": row.created_at,
+            }
+            dead.append((values, reason))
+        return dead
+
+    async def _jetstream_answers(self, nc: NATS) -> bool:
+        """Whether JetStream and the stream are there (then failures are the events')."""
+        try:
+            # Short: the lane's transaction is open meanwhile (the idle-in-transaction bound).
+            await asyncio.wait_for(nc.jetstream().stream_info(types.STREAM), PROBE_SECONDS)
+            return True
+        except NotFoundError:  # NATS lost its store: recreate the stream, blame nobody
+            with contextlib.suppress(Exception):
+                await ensure_stream(nc, self.settings)
+            return False
+        except Exception:
+            return False
+
+    # --- loops -------------------------------------------------------------------------
+
+    async def _lane(self, nc: NATS, lane: int) -> None:
+        backoff = 0.0
+        wakeup = self.wakeups[lane]
+        while True:
+            wakeup.clear()  # a NOTIFY from here on wakes the next wait
+            try:
+                result = await self.relay_lane(nc, lane)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database away, or NATS trouble: this lane waits
+                log.warning(
+                    "outbox lane failed; retrying",
+                    extra=log_fields(lane=lane, error=type(exc).__name__),
+                )
+                result = Round(0, stalled=True)
+            if result.stalled:
+                backoff = min(max(0.5, backoff * 2), MAX_BACKOFF_SECONDS)
+                await asyncio.sleep(backoff)
+                continue
+            backoff = 0.0
+            if result.taken >= self.settings.OUTBOX_BATCH_SIZE:
+                continue  # maybe more: at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), self.settings.OUTBOX_POLL_SECONDS)
+
+    async def _watch_lag(self) -> None:
+        oldest = select(
+            func.coalesce(func.extract("epoch", func.now() - func.min(OUTBOX.c.created_at)), 0)
+        ).where(OUTBOX.c.published_at.is_(None))
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    LAG.set(float((await conn.execute(oldest)).scalar() or 0))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox lag unknown", extra=log_fields(error=type(exc).__name__))
+            await asyncio.sleep(self.settings.OUTBOX_POLL_SECONDS)
+
+    async def run(self) -> None:
+        nc = await connect(self.settings, "outbox-relay")
+        try:
+            await ensure_stream(nc, self.settings)
+            await asyncio.gather(
+                *(self._lane(nc, lane) for lane in range(OUTBOX_LANES)), self._watch_lag()
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.drain(), 5)
+
+    async def listen(self) -> None:
+        """Wakes every lane when any replica commits an event (LISTEN/NOTIFY)."""
+        conn = await psycopg.AsyncConnection.connect(
+            self.settings.libpq_url, autocommit=True, **connect_params(self.settings)
+        )
+        try:
+            await conn.execute(f"LISTEN {types.NOTIFY_CHANNEL}")
+            async for _ in conn.notifies():
+                for wakeup in self.wakeups:
+                    wakeup.set()
+        finally:
+            await conn.close()
+
+
+@dataclass
+class RelayJobs:
+    """What a process hosting the relay runs: its loops, and what to close at the end."""
+
+    background: list[Callable[[], Awaitable[None]]]
+    close: Callable[[], Awaitable[None]]
+
+
+def relay_jobs(settings: Settings) -> RelayJobs:
+    # Its own pool: a lane stuck on NATS holds one of these, never a request's connection.
+    engine = create_engine(settings, pool_size=OUTBOX_LANES + 1)
+    relay = OutboxRelay(settings, engine)
+
+    async def prune() -> None:
+        await retention.run(settings, engine, [retention.OUTBOX, retention.DEAD_LETTERS])
+
+    return RelayJobs(background=[relay.run, relay.listen, prune], close=engine.dispose)
