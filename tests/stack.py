@@ -37,6 +37,10 @@ class Stack:
     # the call path runs two, so every test exercises several processes.
     workers: dict[str, int] = field(default_factory=lambda: {"calls": 2})
     procs: dict[str, Proc] = field(default_factory=dict)
+    # Settings every process of this stack gets (on top of env()'s).
+    settings: dict[str, str] = field(default_factory=dict)
+    # Where LiveKit sends its webhooks (default: our intake through Envoy).
+    livekit_webhook_url: str | None = None
     livekit_enabled: bool = False
 
     @property
@@ -62,6 +66,7 @@ class Stack:
             "OUTBOX_POLL_SECONDS": "0.5",
             "WEBHOOK_BASE_DELAY_SECONDS": "0.3",
             "DB_POOL_SIZE": "20",
+            **self.settings,
         }
         base.update(extra)
         return python_env(base)
@@ -112,9 +117,8 @@ class Stack:
         if binary is None:
             return
         config = self.workdir / "livekit.yaml"
-        config.write_text(
-            livekit.config(port=self.livekit_port, webhook_url=f"{self.rest}/livekit/webhook")
-        )
+        webhook_url = self.livekit_webhook_url or f"{self.rest}/livekit/webhook"
+        config.write_text(livekit.config(port=self.livekit_port, webhook_url=webhook_url))
         self.procs["livekit"] = Proc(
             "livekit", livekit.command(binary, config), python_env({}), self.workdir
         )
