@@ -1,0 +1,169 @@
+"""In-call control against a real LiveKit server and real rtc clients: removal takes a
+user out of the media room, a mute really mutes the remote track, an audio call's token
+cannot publish a camera, and a call whose clients all left ends as `no_media` through
+RoomService reconciliation when LiveKit's webhooks are lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from livekit import rtc
+
+from tests.conftest import Tenant, create_tenant, error_reason
+from tests.integration.test_livekit_media import (
+    WAIT,
+    Media,
+    act,
+    active,
+    direct_call,
+    eventually,
+    history,
+    start,
+)
+from tests.stack import Stack, new_workdir
+
+pytestmark = [pytest.mark.livekit]
+
+
+@pytest.fixture(autouse=True)
+def _needs_livekit(stack: Stack) -> None:
+    if not stack.livekit_enabled:
+        pytest.skip("livekit-server binary not built (make livekit): media tests need it")
+
+
+async def publish_tone(m: Media) -> rtc.LocalTrackPublication:
+    source = rtc.AudioSource(48000, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+    return await m.room.local_participant.publish_track(
+        track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    )
+
+
+def remote_audio(m: Media, identity: str) -> rtc.RemoteTrackPublication | None:
+    participant = m.room.remote_participants.get(identity)
+    if participant is None:
+        return None
+    return next(
+        (p for p in participant.track_publications.values() if p.kind == rtc.TrackKind.KIND_AUDIO),
+        None,
+    )
+
+
+async def test_a_removed_participant_is_disconnected_and_cannot_rejoin(
+    tenant: Tenant, media: Callable[[str], Media]
+) -> None:
+    room = tenant.room("alice", "bob", "carol")
+    alice, bob = tenant.user("alice"), tenant.user("bob")
+    started = start(alice, room, type="audio")
+    call = started["call"]["id"]
+    joined = act(bob, room, call, "accept")
+    ma = await media("alice").connect(started["livekit"])
+    mb = await media("bob").connect(joined["livekit"])
+    await eventually(lambda: "bob" in ma.sees(), "alice to see bob")
+
+    act(alice, room, call, "participants/bob/remove")
+    await mb.wait_disconnected()
+    await eventually(lambda: "bob" not in ma.sees(), "bob to be gone from alice's view")
+    reply = bob.post(f"/chat/rooms/{room}/calls/{call}/token", json={})
+    assert reply.status_code == 403 and error_reason(reply) == "REMOVED_FROM_CALL"
+    assert ma.connected()  # the call goes on for the others
+
+
+async def test_a_mute_mutes_the_track_the_others_receive(
+    tenant: Tenant, media: Callable[[str], Media]
+) -> None:
+    room, call, *_, ma, mb = await direct_call(tenant, media)
+    await publish_tone(ma)
+    heard = await eventually(lambda: remote_audio(mb, "alice"), "bob to see alice's microphone")
+    assert not heard.muted
+    with tenant.api() as key:
+        reply = key.post(
+            f"/chat/rooms/{room}/calls/{call}/participants/alice/mute", json={"kind": "audio"}
+        )
+    assert reply.status_code == 200, reply.text
+    await eventually(lambda: heard.muted, "bob to see alice's microphone muted")
+
+
+async def test_an_audio_call_token_cannot_publish_a_camera(
+    tenant: Tenant, media: Callable[[str], Media]
+) -> None:
+    *_, ma, mb = await direct_call(tenant, media)  # an audio call
+    source = rtc.VideoSource(64, 64)
+    camera = rtc.LocalVideoTrack.create_video_track("camera", source)
+    with pytest.raises(Exception):  # noqa: B017  (the SDK's publish error has no public type)
+        await asyncio.wait_for(
+            ma.room.local_participant.publish_track(
+                camera, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
+            ),
+            WAIT,
+        )
+    await publish_tone(ma)  # what an audio call may publish still works
+    await eventually(lambda: remote_audio(mb, "alice"), "bob to see alice's microphone")
+    remote = mb.room.remote_participants["alice"]
+    assert all(p.kind != rtc.TrackKind.KIND_VIDEO for p in remote.track_publications.values())
+
+
+# --- lost webhooks ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deaf_stack() -> Iterator[Stack]:
+    """A stack whose LiveKit sends its webhooks nowhere, with a short no-media grace and
+    frequent reconciliation: only RoomService can tell it who is in a media room."""
+    s = Stack(
+        workdir=new_workdir(),
+        settings={"CALL_MEDIA_GRACE_SECONDS": "8", "CALL_RECONCILE_SECONDS": "1"},
+        livekit_webhook_url="http://127.0.0.1:9/livekit/webhook",  # discard port: nothing
+    )
+    try:
+        s.start_all()
+        yield s
+    finally:
+        s.stop_all()
+
+
+def media_deadline(stack: Stack, call: str) -> Any:
+    with psycopg.connect(stack.database_url) as db:
+        row = db.execute("SELECT media_deadline FROM calls WHERE id = %s", (call,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def test_with_webhooks_lost_reconciliation_ends_a_call_everyone_left(
+    deaf_stack: Stack, media: Callable[[str], Media]
+) -> None:
+    tenant = create_tenant(deaf_stack, "deaf")
+    room = tenant.room("alice", "bob", "carol")
+    alice, bob = tenant.user("alice"), tenant.user("bob")
+    started = start(alice, room, type="audio")
+    call = started["call"]["id"]
+    joined = act(bob, room, call, "accept")
+    ma = await media("alice").connect(started["livekit"])
+    mb = await media("bob").connect(joined["livekit"])
+    # No webhook says they are there: reconciliation stops the no-media clock.
+    await eventually(
+        lambda: media_deadline(deaf_stack, call) is None and active(alice, room) != {},
+        "the clock to stop while the call is live",
+    )
+    await asyncio.sleep(9)  # longer than the grace: the call lives on while they are in it
+    assert active(alice, room)["call"]["status"] == "active"
+
+    await ma.room.disconnect()
+    await mb.room.disconnect()  # both gone; no participant_left webhook arrives
+    await eventually(lambda: active(alice, room) == {}, "the call to end", within=40)
+    [record] = history(alice, room, call)
+    assert record["endReason"] == "no_media"
+
+
+async def test_a_call_nobody_ever_joins_ends_as_no_media(deaf_stack: Stack) -> None:
+    tenant = create_tenant(deaf_stack, "deaf")
+    room = tenant.room("alice", "bob", "carol")
+    alice = tenant.user("alice")
+    call = start(alice, room)["call"]["id"]
+    await eventually(lambda: active(alice, room) == {}, "the call to end", within=30)
+    [record] = history(alice, room, call)
+    assert record["endReason"] == "no_media"
