@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -50,10 +51,14 @@ _GUARD_METADATA = "sendsar.front_door"
 
 
 def _error_info(reason: str) -> dict[str, str]:
-    return {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": _DOMAIN}
+    return {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": reason,
+        "domain": _DOMAIN,
+    }
 
 
-def _mapper(status_filter: dict[str, object], body: dict[str, object]) -> str:
+def _mapper(status_filter: Mapping[str, object], body: Mapping[str, object]) -> str:
     mapper = {"filter": status_filter, "body_format_override": {"json_format": body}}
     return "                    - " + json.dumps(mapper)
 

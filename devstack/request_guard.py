@@ -23,9 +23,10 @@ _FREE_FORM = {
     ".google.protobuf.Duration",
     ".google.protobuf.FieldMask",
     *(
-        f".google.protobuf.{w}Value"
-        for w in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
+        f".google.protobuf.{kind}Value"
+        for kind in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String")
     ),
+    ".google.protobuf.BytesValue",
 }
 _RAW_BODY = ".google.api.HttpBody"
 
