@@ -105,7 +105,7 @@ function Parser:string()
   self:expect('"')
   local parts = {}
   while true do
-    local stop = self.text:find('["\\%c]', self.pos)
+    local stop = self.text:find('["\\%z\1-\31]', self.pos)
     if stop == nil then
       malformed()
     end
