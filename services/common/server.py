@@ -53,7 +53,13 @@ async def create_server(
         interceptors=[
             RpcInterceptor(policies, Authenticator(engine, settings.SESSION_SIGNING_KEY))
         ],
-        options=[("grpc.max_receive_message_length", 1 << 20)],
+        # Above Envoy's front-door limits (1 MiB bodies, 16 KiB headers), so that
+        # Envoy, not this server, refuses oversize requests (413/431, not 429).
+        options=[
+            ("grpc.max_receive_message_length", 4 << 20),
+            ("grpc.max_metadata_size", 64 << 10),
+            ("grpc.absolute_max_metadata_size", 64 << 10),
+        ],
     )
     for reg in parts.registrations:
         reg.add(server)

@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from devstack import envoy
+from devstack import envoy, request_guard
 from services.common.errors import DOMAIN, invalid
 
 
@@ -55,3 +55,21 @@ def test_k8s_config_is_fresh() -> None:
             sys.argv = argv
     committed = (envoy.ROOT / "deploy" / "k8s" / "generated" / "envoy.yaml").read_text()
     assert out.getvalue() == committed
+
+
+def test_local_replies_never_quote_envoy_text() -> None:
+    """Envoy's own reply text (%LOCAL_REPLY_BODY%) can quote the request: never used."""
+    upstreams = envoy.Upstreams(["127.0.0.1:1"], ["127.0.0.1:2"], ["127.0.0.1:3"], ["127.0.0.1:5"])
+    config = envoy.render(upstreams, listen_port=18080, admin_port=19901)
+    assert "%LOCAL_REPLY_BODY%" not in config
+    assert "PAYLOAD_TOO_LARGE" in config and "REQUEST_TIMEOUT" in config
+
+
+def test_request_guard_knows_both_json_names_of_a_field_and_the_rest_paths() -> None:
+    source = request_guard.lua_source(envoy.DESCRIPTORS)
+    create_session = '[".sendsar.tenant.v1.CreateSessionRequest"] = {'
+    line = next(s for s in source.splitlines() if create_session in s)
+    assert '["userId"] = {["name"] = "userId", ["key"] = "userId"}' in line
+    assert '["user_id"] = {["name"] = "userId", ["key"] = "userId"}' in line
+    assert '"pattern"] = "^/chat/rooms/[^/]+/calls/[^/]+/accept$"' in source
+    assert "/livekit/webhook" not in source  # a raw body (HttpBody): LiveKit signs it
