@@ -25,6 +25,7 @@ def main() -> None:
         access_log=False,
         lifespan="on",
         ws="wsproto",
+        loop="uvloop",
         proxy_headers=True,
         timeout_graceful_shutdown=max(1, int(settings.SHUTDOWN_GRACE_SECONDS)),
     )
