@@ -176,9 +176,9 @@ def run_ring(base_url: str, pairs: list[Pair], rate: float, seconds: float) -> T
 async def _idle(base_url: str, tokens: list[str], opened: Any, release: Any) -> int:
     async with _session(base_url) as http:
         sockets = []
-        for i in range(0, len(tokens), 100):  # in batches: a connect storm is not the point
+        for i in range(0, len(tokens), 20):  # in batches: a connect storm is not the point
             sockets += await asyncio.gather(
-                *(sio.connect(http, base_url, t, lambda *_: None) for t in tokens[i : i + 100])
+                *(sio.connect(http, base_url, t, lambda *_: None) for t in tokens[i : i + 20])
             )
         opened.set()
         await asyncio.to_thread(release.wait)
@@ -188,4 +188,7 @@ async def _idle(base_url: str, tokens: list[str], opened: Any, release: Any) -> 
 
 def hold_idle_sockets(base_url: str, tokens: list[str], opened: Any, release: Any) -> int:
     """Opens one socket per token, sets `opened`, holds them until `release` is set."""
-    return uvloop.run(_idle(base_url, tokens, opened, release))
+    try:
+        return uvloop.run(_idle(base_url, tokens, opened, release))
+    except Exception as exc:  # aiohttp's errors do not pickle back to the parent
+        raise RuntimeError(repr(exc)[:500]) from None
