@@ -96,12 +96,15 @@ SELECT now(), {_POLICY_COLUMNS},
 FROM (SELECT 1) one LEFT JOIN tenants t ON t.id = %(tenant)s"""
 
 # The outbox rows, the history message and the wake-up, shared by both writes below.
+# The NOTIFY names the relay lanes that have new rows (the database computes a row's
+# lane), so a relay wakes only those.
 _WRITE_TAIL = """
 o AS (
     INSERT INTO outbox (id, tenant_id, subject, payload)
     SELECT o.id, %(tenant)s, o.subject, o.payload
     FROM unnest(%(o_id)s::text[], %(o_subject)s::text[], %(o_payload)s::bytea[])
          AS o(id, subject, payload){gate}
+    RETURNING lane
 ),
 h AS (
     INSERT INTO messages (id, tenant_id, room_id, sender_id, parts, call_id)
@@ -131,10 +134,10 @@ p AS (
         %(p_joined)s::timestamptz[], %(p_left)s::timestamptz[], %(p_ever)s::boolean[]) AS p
 ),"""
     + _WRITE_TAIL.format(gate=", c")
-    + """
-SELECT id, pg_notify('"""
-    + NOTIFY_CHANNEL
-    + """', '') FROM c"""
+    + f"""
+SELECT id, (SELECT pg_notify('{NOTIFY_CHANNEL}', string_agg(DISTINCT lane::text, ','))
+            FROM o)
+FROM c"""
 )
 
 # A transition of a locked call.
@@ -158,10 +161,10 @@ p AS (
         ever_joined = excluded.ever_joined
 ),"""
     + _WRITE_TAIL.format(gate="")
-    + """
-SELECT pg_notify('"""
-    + NOTIFY_CHANNEL
-    + """', '') WHERE cardinality(%(o_id)s::text[]) > 0"""
+    + f"""
+SELECT pg_notify('{NOTIFY_CHANNEL}', lanes)
+FROM (SELECT string_agg(DISTINCT lane::text, ',') AS lanes FROM o) changed
+WHERE lanes IS NOT NULL"""
 )
 
 _DUE = f"""

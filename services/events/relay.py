@@ -243,15 +243,18 @@ class OutboxRelay:
                 await asyncio.wait_for(nc.drain(), 5)
 
     async def listen(self) -> None:
-        """Wakes every lane when any replica commits an event (LISTEN/NOTIFY)."""
+        """Wakes the lanes a committed transaction wrote to, in every replica (LISTEN/
+        NOTIFY): the payload lists them ("3,5"); an empty one wakes every lane."""
         conn = await psycopg.AsyncConnection.connect(
             self.settings.libpq_url, autocommit=True, **connect_params(self.settings)
         )
         try:
             await conn.execute(f"LISTEN {types.NOTIFY_CHANNEL}")
-            async for _ in conn.notifies():
-                for wakeup in self.wakeups:
-                    wakeup.set()
+            async for notify in conn.notifies():
+                lanes = [int(n) for n in notify.payload.split(",") if n.isdigit()]
+                for lane in lanes or range(OUTBOX_LANES):
+                    if lane < OUTBOX_LANES:
+                        self.wakeups[lane].set()
         finally:
             await conn.close()
 
