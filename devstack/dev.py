@@ -30,6 +30,7 @@ def say(message: str) -> None:
 def environment() -> dict[str, str]:
     env = {
         "ENV": "dev",
+        "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",  # local receivers (127.0.0.1) keep working
         "DATABASE_URL": os.environ.get("DATABASE_URL") or postgres.url(PG_PORT),
         "NATS_URL": os.environ.get("NATS_URL") or "nats://127.0.0.1:4222",
         "LIVEKIT_URL": os.environ.get("LIVEKIT_URL") or "http://127.0.0.1:7880",

@@ -57,6 +57,8 @@ class Stack:
             "OUTBOX_POLL_SECONDS": "0.5",
             "WEBHOOK_BASE_DELAY_SECONDS": "0.3",
             "DB_POOL_SIZE": "20",
+            # Test receivers listen on loopback; the guard itself is tested on its own.
+            "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
         }
         base.update(extra)
         return python_env(base)
