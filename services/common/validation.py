@@ -103,7 +103,7 @@ def _json(path: str, value: object) -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             _string(f"{path} (key)", key, multiline=False)
-            _json(f"{path}.{key}", item)
+            _json(f"{path}.{key}" if path else key, item)
 
 
 def request_strings(message: Message, prefix: str = "") -> None:
