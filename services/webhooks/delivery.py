@@ -228,14 +228,16 @@ class Deliverer:
 
     # --- loop -----------------------------------------------------------------------
 
+    def connector(self) -> aiohttp.TCPConnector:
+        """Connections only to addresses the SSRF guard vetted when it resolved them."""
+        guarded = not self.settings.WEBHOOK_ALLOW_PRIVATE_TARGETS
+        return aiohttp.TCPConnector(
+            limit=self.concurrency, resolver=ssrf_guard.PinnedResolver() if guarded else None
+        )
+
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.WEBHOOK_TIMEOUT_SECONDS)
-        connector = aiohttp.TCPConnector(
-            limit=self.concurrency,
-            resolver=None
-            if self.settings.WEBHOOK_ALLOW_PRIVATE_TARGETS
-            else ssrf_guard.PinnedResolver(),
-        )
+        connector = self.connector()
         running: set[asyncio.Task[None]] = set()
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             try:
