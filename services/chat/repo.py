@@ -50,8 +50,8 @@ async def lock_room(conn: AsyncConnection, *, tenant_id: str, room_id: str) -> i
 async def add_member(conn: AsyncConnection, *, tenant_id: str, room_id: str, user_id: str) -> bool:
     """Adds a member; False when the user already was one."""
     stmt = pg_insert(MEMBERS).values(room_id=room_id, user_id=user_id, tenant_id=tenant_id)
-    result = await conn.execute(stmt.on_conflict_do_nothing())
-    return bool(result.rowcount)
+    added = await conn.execute(stmt.on_conflict_do_nothing().returning(MEMBERS.c.user_id))
+    return added.first() is not None
 
 
 async def remove_member(
