@@ -87,9 +87,7 @@ def _string(path: str, value: str, multiline: bool) -> None:
         raise invalid(path, f"must be at most {MAX_STRING} characters")
     if (_CONTROL_BUT_LINE_BREAKS if multiline else _CONTROL).search(value):
         allowed = " (tab and line breaks are allowed)" if multiline else ""
-        raise invalid(
-            path, f"must not contain control characters{allowed}", reason="CONTROL_CHARACTERS"
-        )
+        raise invalid(path, f"must not contain control characters{allowed}")
 
 
 def _json(path: str, value: object) -> None:

@@ -67,13 +67,13 @@ def test_nul_in_a_nested_text_is_named_by_its_json_path() -> None:
         room_id="rm_x",
         parts=[chat_pb2.Part(type="text", text="ok"), chat_pb2.Part(type="text", text="a\x00b")],
     )
-    assert _refused(request) == ("parts[1].text", "CONTROL_CHARACTERS")
+    assert _refused(request) == ("parts[1].text", "INVALID_ARGUMENT")
 
 
 @pytest.mark.parametrize("bad", ["\x00", "\x1b[31m", "a\nb", "\x7f"])
 def test_control_characters_in_one_line_fields_are_refused(bad: str) -> None:
     request = tenant_pb2.CreateSessionRequest(user_id="u", name=f"x{bad}y")
-    assert _refused(request) == ("name", "CONTROL_CHARACTERS")
+    assert _refused(request) == ("name", "INVALID_ARGUMENT")
 
 
 def test_message_text_may_hold_line_breaks_and_tabs() -> None:
@@ -83,7 +83,7 @@ def test_message_text_may_hold_line_breaks_and_tabs() -> None:
 
 def test_repeated_strings_are_checked_each() -> None:
     request = chat_pb2.CreateRoomRequest(members=["a", "b\x00"])
-    assert _refused(request) == ("members[1]", "CONTROL_CHARACTERS")
+    assert _refused(request) == ("members[1]", "INVALID_ARGUMENT")
 
 
 def test_json_values_are_walked_as_json() -> None:
