@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 # The wheels put nats-server and envoy in the venv's bin.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install proto k8s proto-check lint test test-fast dev bench livekit clean ci
+.PHONY: install proto k8s proto-check lint test test-fast dev bench livekit openapi clean ci
 
 install: $(STAMP)
 
@@ -61,11 +61,28 @@ $(LIVEKIT_BIN):
 
 livekit: $(LIVEKIT_BIN)
 
+# The REST API as an OpenAPI 2 document, generated from the protos' google.api.http
+# annotations, for the fuzz test (tests/integration/test_fuzz_rest.py). Without Go the
+# document is missing and that test skips itself.
+GATEWAY_VERSION := v2.33.0
+OPENAPI_GEN := .cache/gobin/protoc-gen-openapiv2
+OPENAPI_GO_PATHS = $(subst $(eval) ,,$(foreach f,$(PROTOS),,M$(f)=sendsar/$(dir $(f))))
+$(OPENAPI_GEN):
+	@if command -v go >/dev/null; then \
+	  GOBIN=$(CURDIR)/.cache/gobin go install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@$(GATEWAY_VERSION); \
+	else echo "go not found: no OpenAPI document, the REST fuzz test is skipped"; fi
+
+openapi: $(STAMP) $(OPENAPI_GEN)
+	@if test -x $(OPENAPI_GEN); then mkdir -p .cache/openapi && cd proto && ../$(BIN)/python -m grpc_tools.protoc \
+	  -I. -I$(SITE) --plugin=protoc-gen-openapiv2=../$(OPENAPI_GEN) --openapiv2_out=../.cache/openapi \
+	  --openapiv2_opt=allow_merge=true,merge_file_name=sendsar,json_names_for_fields=true$(OPENAPI_GO_PATHS) \
+	  $(PROTOS); fi
+
 dev: $(STAMP)
 	-@$(MAKE) --no-print-directory livekit
 	$(BIN)/python -m devstack.dev
 
-test: $(STAMP) livekit
+test: $(STAMP) livekit openapi
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
