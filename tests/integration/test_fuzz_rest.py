@@ -25,7 +25,7 @@ from tests.conftest import Tenant, error_reason
 from tests.stack import Stack
 
 OPENAPI = ROOT / ".cache" / "openapi" / "sendsar.swagger.json"
-EXAMPLES = 40
+EXAMPLES = 80
 USER_ID = "^[A-Za-z0-9._:@-]{1,16}$"
 # What the protos say in comments but OpenAPI cannot: values that pass the first checks,
 # so the fuzzer also reaches the code (and the database) behind them.
