@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 # The wheels put nats-server and envoy in the venv's bin.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install lock proto k8s k8s-check proto-check lint test test-fast dev bench livekit demo browsers clean ci
+.PHONY: install lock proto k8s k8s-check proto-check lint test test-fast dev bench livekit demo browsers openapi clean ci
 
 # Every package, transitive ones included, comes from the hash-pinned lock files:
 # requirements/dev.txt here and in CI, requirements/lock.txt (runtime only) in the image.
@@ -117,6 +117,24 @@ browsers:
 	  echo "NOTE: chromium/chromedriver not found, so the browser test is skipped." \
 	    "Install them with: sudo apt-get update && sudo apt-get install -y chromium chromium-driver" >&2
 
+
+# The REST API as an OpenAPI 2 document, generated from the protos' google.api.http
+# annotations, for the fuzz test (tests/integration/test_fuzz_rest.py). Without Go the
+# document is missing and that test skips itself.
+GATEWAY_VERSION := v2.33.0
+OPENAPI_GEN := .cache/gobin/protoc-gen-openapiv2
+OPENAPI_GO_PATHS = $(subst $(eval) ,,$(foreach f,$(PROTOS),,M$(f)=sendsar/$(dir $(f))))
+$(OPENAPI_GEN):
+	@if command -v go >/dev/null; then \
+	  GOBIN=$(CURDIR)/.cache/gobin go install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@$(GATEWAY_VERSION); \
+	else echo "go not found: no OpenAPI document, the REST fuzz test is skipped"; fi
+
+openapi: $(STAMP) $(OPENAPI_GEN)
+	@if test -x $(OPENAPI_GEN); then mkdir -p .cache/openapi && cd proto && ../$(BIN)/python -m grpc_tools.protoc \
+	  -I. -I$(SITE) --plugin=protoc-gen-openapiv2=../$(OPENAPI_GEN) --openapiv2_out=../.cache/openapi \
+	  --openapiv2_opt=allow_merge=true,merge_file_name=sendsar,json_names_for_fields=true$(OPENAPI_GO_PATHS) \
+	  $(PROTOS); fi
+
 # devstack/dev.py supervises every process and stops them all, however it is stopped.
 # DEV_LIVEKIT=off: neither build nor run LiveKit.
 dev: $(STAMP)
@@ -124,7 +142,7 @@ dev: $(STAMP)
 	-@$(MAKE) --no-print-directory demo
 	$(BIN)/python -m devstack.dev
 
-test: $(STAMP) livekit demo browsers
+test: $(STAMP) livekit demo browsers openapi
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

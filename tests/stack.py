@@ -67,6 +67,8 @@ class Stack:
             "WEBHOOK_BASE_DELAY_SECONDS": "0.3",
             "DB_POOL_SIZE": "20",
             **self.settings,
+            # Test receivers listen on loopback; the guard itself is tested on its own.
+            "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
         }
         base.update(extra)
         return python_env(base)

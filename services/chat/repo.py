@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,9 +29,29 @@ async def get_room(conn: AsyncConnection, *, tenant_id: str, room_id: str) -> Ro
     return (await conn.execute(stmt)).first()
 
 
-async def add_member(conn: AsyncConnection, *, tenant_id: str, room_id: str, user_id: str) -> None:
+async def lock_room(conn: AsyncConnection, *, tenant_id: str, room_id: str) -> int | None:
+    """Locks the room row (membership changes of one room run one at a time) and
+    returns its member count, or None when the room is not the tenant's."""
+    locked = (
+        await conn.execute(
+            select(ROOMS.c.id)
+            .where(ROOMS.c.id == room_id, ROOMS.c.tenant_id == tenant_id)
+            .with_for_update()
+        )
+    ).first()
+    if locked is None:
+        return None
+    count = await conn.execute(
+        select(func.count()).select_from(MEMBERS).where(MEMBERS.c.room_id == room_id)
+    )
+    return int(count.scalar_one())
+
+
+async def add_member(conn: AsyncConnection, *, tenant_id: str, room_id: str, user_id: str) -> bool:
+    """Adds a member; False when the user already was one."""
     stmt = pg_insert(MEMBERS).values(room_id=room_id, user_id=user_id, tenant_id=tenant_id)
-    await conn.execute(stmt.on_conflict_do_nothing())
+    added = await conn.execute(stmt.on_conflict_do_nothing().returning(MEMBERS.c.user_id))
+    return added.first() is not None
 
 
 async def remove_member(

@@ -18,7 +18,7 @@ from services.chat import repo
 from services.common import validation
 from services.common.auth import Kind, Policy, current_principal
 from services.common.db import transaction
-from services.common.errors import invalid, not_found
+from services.common.errors import conflict, invalid, not_found
 from services.common.rooms import require_member, room_members
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
@@ -33,9 +33,34 @@ POLICIES = {
 
 MAX_MEMBERS = 1000
 
-MemberChange = Callable[..., Awaitable[None]]
+MemberChange = Callable[..., Awaitable[object]]
 MAX_PARTS = 20
 MAX_TEXT = 4000
+MAX_NAME = 200
+MAX_PAGE_TOKEN = 64
+
+# Envoy's transcoder refuses a response above 4 MiB (max_response_body_size), so a page
+# of messages stops at half of that, measured pessimistically: every byte of protobuf
+# as a six-byte JSON escape, plus the field names and zero values JSON prints.
+PAGE_JSON_BUDGET = 2 * 1024 * 1024
+
+
+def json_size_bound(message: pb.Message) -> int:
+    return 6 * message.ByteSize() + 1024
+
+
+async def add_within_cap(
+    conn: AsyncConnection, *, tenant_id: str, room_id: str, user_id: str
+) -> None:
+    """AddMember's change: the room row is locked first, so concurrent adds cannot pass
+    the cap together."""
+    count = await repo.lock_room(conn, tenant_id=tenant_id, room_id=room_id)
+    if count is None:
+        raise not_found("ROOM_NOT_FOUND", "room not found")
+    if await repo.add_member(conn, tenant_id=tenant_id, room_id=room_id, user_id=user_id) and (
+        count >= MAX_MEMBERS
+    ):
+        raise conflict("ROOM_FULL", f"a room has at most {MAX_MEMBERS} members")
 
 
 def _ts(value: Any) -> timestamp_pb2.Timestamp:
@@ -60,6 +85,8 @@ def _page_token(seq: int) -> str:
 def _parse_page_token(token: str) -> int | None:
     if not token:
         return None
+    if len(token) > MAX_PAGE_TOKEN:
+        raise invalid("pageToken", "is not a token returned by this API")
     try:
         raw = base64.urlsafe_b64decode(token.encode()).decode()
         if raw.startswith("s") and 0 < (seq := int(raw[1:])) < 2**63:
@@ -96,12 +123,12 @@ class ChatService(pb_grpc.ChatServiceServicer):
 
     async def CreateRoom(self, request: pb.CreateRoomRequest, context: Any) -> pb.Room:
         tenant_id = current_principal().tenant_id
-        members = list(dict.fromkeys(validation.user_id(m, "members") for m in request.members))
-        if not 1 <= len(members) <= MAX_MEMBERS:
+        if not 1 <= len(request.members) <= MAX_MEMBERS:
             raise invalid("members", f"must list 1 to {MAX_MEMBERS} user ids")
+        members = list(dict.fromkeys(validation.user_id(m, "members") for m in request.members))
         name = request.name if request.HasField("name") else ""
-        if len(name) > 200:
-            raise invalid("name", "must be at most 200 characters")
+        if len(name) > MAX_NAME:
+            raise invalid("name", f"must be at most {MAX_NAME} characters")
         async with transaction(self.engine) as conn:
             room_id = await repo.create_room(conn, tenant_id=tenant_id, name=name, members=members)
             return await self._room(conn, tenant_id, room_id)
@@ -116,7 +143,7 @@ class ChatService(pb_grpc.ChatServiceServicer):
             return await self._room(conn, tenant_id, room_id)
 
     async def AddMember(self, request: pb.AddMemberRequest, context: Any) -> pb.Room:
-        return await self._change_members(request, repo.add_member)
+        return await self._change_members(request, add_within_cap)
 
     async def RemoveMember(self, request: pb.RemoveMemberRequest, context: Any) -> pb.Room:
         return await self._change_members(request, repo.remove_member)
@@ -145,9 +172,16 @@ class ChatService(pb_grpc.ChatServiceServicer):
                 before_seq=before,
                 limit=page_size + 1,
             )
-        response = pb.ListMessagesResponse(messages=[message_to_pb(r) for r in rows[:page_size]])
-        if len(rows) > page_size:
-            response.next_page_token = _page_token(rows[page_size - 1].seq)
+        response = pb.ListMessagesResponse()
+        budget = PAGE_JSON_BUDGET
+        for row in rows[:page_size]:
+            message = message_to_pb(row)
+            budget -= json_size_bound(message)
+            if budget < 0 and response.messages:
+                break  # the next page starts with this message
+            response.messages.append(message)
+        if len(rows) > len(response.messages):
+            response.next_page_token = _page_token(rows[len(response.messages) - 1].seq)
         return response
 
     async def PostMessage(self, request: pb.PostMessageRequest, context: Any) -> pb.Message:

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 import grpc
+import psycopg
 from prometheus_client import Counter, Histogram
-from sqlalchemy import select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import auth
+from services.common import auth, validation
 from services.common.errors import INTERNAL, ServiceError, unauthenticated
 from services.common.logging import log_fields, request_id_var, tenant_id_var
 from services.common.models import API_KEYS
+from services.common.rate_limit import RateLimiter
 
 log = logging.getLogger("sendsar.rpc")
 
@@ -32,18 +37,36 @@ RPC_SECONDS = Histogram(
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-class Authenticator:
-    """Turns request metadata into a Principal; API keys are checked against the database."""
+REVOKED_CHANNEL = "api_key_revoked"  # NOTIFY payload: the revoked key's id
 
-    # Recently verified keys, so a hot key costs one lookup per interval, not per RPC.
+
+class Authenticator:
+    """Turns request metadata into a Principal; API keys are checked against the database.
+
+    Verified keys are cached for a few seconds, so a hot key costs one lookup per
+    interval, not per RPC, but only while this process LISTENs for revocations: a
+    revoked key's entry is dropped when its NOTIFY arrives (well within a second, on
+    every replica). Without a listening connection every request reads the database.
+    """
+
     CACHE_SECONDS = 10.0
+    # last_used_at is bookkeeping: written at most once a minute per key and replica.
+    TOUCH_SECONDS = 60.0
 
     def __init__(self, engine: AsyncEngine, signing_key: str) -> None:
         self.engine = engine
         self.signing_key = signing_key
-        self._cache: dict[str, tuple[float, auth.Principal]] = {}
+        self._cache: dict[str, tuple[float, str, str]] = {}  # key id -> (until, tenant, hash)
+        self._touched: dict[str, float] = {}
+        self._listening = False
+        # Bumped by every revocation and (re)connect: a lookup that started before one
+        # must not fill the cache with what it read.
+        self._generation = 0
+        self._listener: asyncio.Task[None] | None = None
 
-    async def authenticate(self, metadata: Mapping[str, str]) -> auth.Principal | None:
+    @staticmethod
+    def credential(metadata: Mapping[str, str]) -> str | None:
+        """The bearer token or X-Api-Key of a request (Authorization wins)."""
         credential = metadata.get("x-api-key")
         header = metadata.get("authorization")
         if header is not None:
@@ -51,6 +74,10 @@ class Authenticator:
             if scheme.lower() != "bearer" or not value.strip():
                 raise unauthenticated("authorization header must be 'Bearer <token>'")
             credential = value.strip()
+        return credential
+
+    async def authenticate(self, metadata: Mapping[str, str]) -> auth.Principal | None:
+        credential = self.credential(metadata)
         if credential is None:
             return None
         if credential.startswith(auth.API_KEY_PREFIX):
@@ -58,29 +85,104 @@ class Authenticator:
         return auth.verify_session(credential, self.signing_key)
 
     async def _api_key(self, credential: str) -> auth.Principal:
-        cached = self._cache.get(credential)
-        now = time.monotonic()
-        if cached and cached[0] > now:
-            return cached[1]
         parsed = auth.parse_api_key(credential)
         if parsed is None:
             raise unauthenticated("invalid API key")
         key_id, secret = parsed
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(API_KEYS.c.tenant_id, API_KEYS.c.secret_hash).where(
-                        API_KEYS.c.id == key_id, API_KEYS.c.revoked_at.is_(None)
+        self._start_listener()
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is not None and cached[0] > now and self._listening:
+            _, tenant_id, secret_hash = cached
+        else:
+            generation = self._generation
+            async with self.engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(API_KEYS.c.tenant_id, API_KEYS.c.secret_hash).where(
+                            API_KEYS.c.id == key_id, API_KEYS.c.revoked_at.is_(None)
+                        )
                     )
-                )
-            ).first()
-        if row is None or not auth.secret_matches(secret, row.secret_hash):
+                ).first()
+            if row is None:
+                raise unauthenticated("invalid API key")
+            tenant_id, secret_hash = row.tenant_id, row.secret_hash
+            if self._listening and generation == self._generation:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[key_id] = (now + self.CACHE_SECONDS, tenant_id, secret_hash)
+        if not auth.secret_matches(secret, secret_hash):
             raise unauthenticated("invalid API key")
-        principal = auth.Principal(tenant_id=row.tenant_id, kind=auth.Kind.API_KEY)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[credential] = (now + self.CACHE_SECONDS, principal)
-        return principal
+        await self._touch(key_id, now)
+        return auth.Principal(tenant_id=tenant_id, kind=auth.Kind.API_KEY)
+
+    async def _touch(self, key_id: str, now: float) -> None:
+        last = self._touched.get(key_id)
+        if last is not None and now - last < self.TOUCH_SECONDS:
+            return
+        if len(self._touched) > 10_000:
+            self._touched.clear()
+        self._touched[key_id] = now
+        stale = or_(
+            API_KEYS.c.last_used_at.is_(None),
+            API_KEYS.c.last_used_at < func.now() - timedelta(seconds=self.TOUCH_SECONDS),
+        )
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(API_KEYS)
+                    .where(API_KEYS.c.id == key_id, stale)
+                    .values(last_used_at=func.now())
+                )
+        except Exception as exc:  # bookkeeping never fails the request it rides on
+            log.warning(
+                "api key last-used not recorded", extra=log_fields(error=type(exc).__name__)
+            )
+
+    def _start_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    url, autocommit=True, keepalives=1, keepalives_idle=10
+                )
+                try:
+                    await conn.execute(f"LISTEN {REVOKED_CHANNEL}")
+                    self._generation += 1
+                    self._listening = True
+                    async for note in conn.notifies():
+                        self._generation += 1
+                        self._cache.pop(note.payload, None)
+                finally:
+                    self._listening = False
+                    self._cache.clear()
+                    await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "api key revocation listener down; keys are not cached meanwhile",
+                    extra=log_fields(error=type(exc).__name__),
+                )
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+
+def credential_id(principal: auth.Principal, credential: str) -> str:
+    """What a per-credential limit counts: an API key, or one app user's sessions."""
+    parsed = auth.parse_api_key(credential) if principal.kind is auth.Kind.API_KEY else None
+    if parsed is not None:
+        return f"key:{parsed[0]}"
+    return f"{principal.kind.value}:{principal.tenant_id}:{principal.user_id}"
 
 
 def _safe_trace(exc: BaseException) -> str:
@@ -92,9 +194,15 @@ def _safe_trace(exc: BaseException) -> str:
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, policies: Mapping[str, auth.Policy], authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        policies: Mapping[str, auth.Policy],
+        authenticator: Authenticator,
+        limiter: RateLimiter,
+    ) -> None:
         self.policies = policies
         self.authenticator = authenticator
+        self.limiter = limiter
 
     async def intercept_service(
         self,
@@ -125,11 +233,18 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                if policy is not auth.Policy.PUBLIC:
+                if policy is auth.Policy.PUBLIC:
+                    self.limiter.check_public(method)
+                else:
                     principal = await self.authenticator.authenticate(metadata)
                     auth.check_policy(policy, principal)
+                    assert principal is not None  # check_policy refuses None
                     auth.principal_var.set(principal)
-                    tenant_id_var.set(principal.tenant_id if principal else None)
+                    tenant_id_var.set(principal.tenant_id)
+                    credential = self.authenticator.credential(metadata) or ""
+                    self.limiter.check(principal, credential_id(principal, credential))
+                # Control characters and over-long strings or lists, in any field.
+                validation.request_strings(request)
                 return await inner(request, context)
             except ServiceError as err:
                 code = err.code

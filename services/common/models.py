@@ -76,6 +76,8 @@ class ApiKey(SQLModel, table=True):
     secret_hash: str  # sha256 of the secret part; the plaintext is never stored
     created_at: datetime | None = _ts(default_now=True)
     revoked_at: datetime | None = _ts(nullable=True)
+    # Bookkeeping for the key list: refreshed at most once a minute per key.
+    last_used_at: datetime | None = _ts(nullable=True)
 
 
 class WebhookEndpoint(SQLModel, table=True):

@@ -21,6 +21,7 @@ from services.common import auth, workers
 from services.common.db import create_engine, wait_for_database
 from services.common.interceptors import Authenticator, RpcInterceptor
 from services.common.logging import configure_logging
+from services.common.rate_limit import RateLimiter
 from services.common.settings import Settings, load_settings
 
 log = logging.getLogger("sendsar.server")
@@ -51,7 +52,9 @@ async def create_server(
         policies.update({f"/{reg.name}/{m}": p for m, p in reg.policies.items()})
     server = grpc.aio.server(
         interceptors=[
-            RpcInterceptor(policies, Authenticator(engine, settings.SESSION_SIGNING_KEY))
+            RpcInterceptor(
+                policies, Authenticator(engine, settings.SESSION_SIGNING_KEY), RateLimiter(settings)
+            )
         ],
         # Above Envoy's front-door limits (1 MiB bodies, 16 KiB headers), so that
         # Envoy, not this server, refuses oversize requests (413/431, not 429).

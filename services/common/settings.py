@@ -14,8 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 _SECRET_FIELDS = ("DATABASE_URL", "SESSION_SIGNING_KEY", "LIVEKIT_API_SECRET")
 _EVENT_SECRET_FIELDS = ("NATS_PASSWORD", "NATS_TOKEN")  # the event pipeline's block below
 
-# Dev defaults: usable on a laptop, refused when ENV=production.
+# Dev defaults: usable on a laptop, refused when ENV=production (the default ENV).
 DEV_SESSION_KEY = "dev-only-session-signing-key-change-me-0000000000"
+DEV_LIVEKIT_KEY = "devkey"
 DEV_LIVEKIT_SECRET = "dev-only-livekit-secret-change-me-000000000000"
 
 _ORIGIN = re.compile(r"^https?://[^/\s,]+$")
@@ -39,7 +40,9 @@ def parse_cors_origins(value: str) -> list[str]:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
-    ENV: Literal["dev", "test", "production"] = "dev"
+    # Fail closed: a process nobody configured runs as production and refuses the
+    # dev secrets; `make dev` and the tests say ENV=dev / ENV=test explicitly.
+    ENV: Literal["dev", "test", "production"] = "production"
     LOG_LEVEL: str = "INFO"
     SERVICE_NAME: str = "sendsar"
 
@@ -64,7 +67,7 @@ class Settings(BaseSettings):
     # is what clients are told to connect to.
     LIVEKIT_URL: str = "http://127.0.0.1:7880"
     LIVEKIT_PUBLIC_URL: str = "ws://127.0.0.1:7880"
-    LIVEKIT_API_KEY: str = "devkey"
+    LIVEKIT_API_KEY: str = DEV_LIVEKIT_KEY
     LIVEKIT_API_SECRET: str = Field(default=DEV_LIVEKIT_SECRET, min_length=32)
     LIVEKIT_API_TIMEOUT_SECONDS: float = 2.0
 
@@ -127,6 +130,19 @@ class Settings(BaseSettings):
     RETENTION_INTERVAL_SECONDS: float = Field(default=60.0, gt=0)
     SOCKETS_MAX_PER_USER: int = Field(default=10, ge=1)
     SOCKETS_MAX_PER_TENANT: int = Field(default=10_000, ge=1)
+    # --- hardening: webhook targets, fair limits ----------------------------------
+    # Webhook URLs resolving to loopback, private, link-local, ... addresses are
+    # refused (at PUT and at every delivery) unless this is true (local receivers).
+    WEBHOOK_ALLOW_PRIVATE_TARGETS: bool = False
+    # Token buckets per process (so per replica): requests per second and burst, per
+    # tenant, per credential (an API key, or one app user's sessions), and for
+    # LiveKit's webhook RPC, which has a budget of its own.
+    RATE_LIMIT_TENANT_PER_SECOND: float = Field(default=200.0, gt=0)
+    RATE_LIMIT_TENANT_BURST: int = Field(default=400, ge=1)
+    RATE_LIMIT_CREDENTIAL_PER_SECOND: float = Field(default=100.0, gt=0)
+    RATE_LIMIT_CREDENTIAL_BURST: int = Field(default=200, ge=1)
+    RATE_LIMIT_LIVEKIT_PER_SECOND: float = Field(default=200.0, gt=0)
+    RATE_LIMIT_LIVEKIT_BURST: int = Field(default=400, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -136,7 +152,11 @@ class Settings(BaseSettings):
         for name in (*_SECRET_FIELDS, *_EVENT_SECRET_FIELDS):
             path = os.environ.get(f"{name}_FILE")
             if path and name not in data:
-                data[name] = Path(path).read_text().strip()
+                try:
+                    data[name] = Path(path).read_text().strip()
+                except OSError as exc:
+                    # Named like any bad variable, not a traceback.
+                    raise ValueError(f"{name}_FILE: cannot read {path} ({exc.strerror})") from None
         return data
 
     @model_validator(mode="after")
@@ -144,6 +164,8 @@ class Settings(BaseSettings):
         if self.ENV == "production":
             if self.SESSION_SIGNING_KEY == DEV_SESSION_KEY:
                 raise ValueError("SESSION_SIGNING_KEY: the dev default is refused in production")
+            if self.LIVEKIT_API_KEY == DEV_LIVEKIT_KEY:
+                raise ValueError("LIVEKIT_API_KEY: the dev default is refused in production")
             if self.LIVEKIT_API_SECRET == DEV_LIVEKIT_SECRET:
                 raise ValueError("LIVEKIT_API_SECRET: the dev default is refused in production")
         return self
@@ -194,6 +216,10 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         lines = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+            # Whole-model checks already start with the variable's name.
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors()
         ]
         raise SystemExit("invalid configuration:\n  " + "\n  ".join(lines)) from None

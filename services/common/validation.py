@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 
 from services.common.errors import invalid
 
@@ -61,8 +62,99 @@ def custom_data(value: struct_pb2.Struct, field: str = "custom") -> dict[str, An
     return data
 
 
+MAX_URL = 2048
+
+
 def http_url(value: str, field: str = "url") -> str:
-    parsed = urlparse(value)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or len(value) > 2048:
-        raise invalid(field, "must be an absolute http or https URL")
+    try:
+        parsed = urlparse(value)
+        _ = parsed.port  # raises on a port that is not a number in range
+    except ValueError:
+        parsed = None
+    if (
+        parsed is None
+        or parsed.scheme not in ("http", "https")
+        or not parsed.hostname
+        or len(value) > MAX_URL
+        or any(c.isspace() for c in value)
+    ):
+        raise invalid(
+            field, f"must be an absolute http or https URL of at most {MAX_URL} characters"
+        )
     return value
+
+
+# --- every request, before its handler ------------------------------------------------
+
+# Caps every string and list of every request obeys; fields with a smaller cap of
+# their own (ids, names, message text, ...) are checked by their handler.
+MAX_STRING = 8192
+MAX_LIST = 1000
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_LINE_BREAKS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Free text may hold tabs and line breaks; every other string is one line.
+_MULTILINE = frozenset({"sendsar.chat.v1.Part.text"})
+# Well-known JSON values (a call's `custom` object) are walked as the JSON they carry.
+_JSON_TYPES = frozenset(
+    {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+)
+# Opaque payloads: bytes, or signed bodies checked by their own RPC.
+_OPAQUE_TYPES = frozenset({"google.protobuf.Any", "google.api.HttpBody"})
+
+
+def _string(path: str, value: str, multiline: bool) -> None:
+    if len(value) > MAX_STRING:
+        raise invalid(path, f"must be at most {MAX_STRING} characters")
+    if (_CONTROL_BUT_LINE_BREAKS if multiline else _CONTROL).search(value):
+        allowed = " (tab and line breaks are allowed)" if multiline else ""
+        raise invalid(path, f"must not contain control characters{allowed}")
+
+
+def _json(path: str, value: object) -> None:
+    if isinstance(value, str):
+        _string(path, value, multiline=True)
+    elif isinstance(value, list):
+        if len(value) > MAX_LIST:
+            raise invalid(path, f"must hold at most {MAX_LIST} items")
+        for i, item in enumerate(value):
+            _json(f"{path}[{i}]", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _string(f"{path} (key)", key, multiline=False)
+            _json(f"{path}.{key}" if path else key, item)
+
+
+def request_strings(message: Message, prefix: str = "") -> None:
+    """400 naming the field (lowerCamel JSON path) for a control character, an over-long
+    string or list anywhere in a request; PostgreSQL cannot even store a NUL."""
+    if message.DESCRIPTOR.full_name in _OPAQUE_TYPES:
+        return
+    if message.DESCRIPTOR.full_name in _JSON_TYPES:
+        _json(prefix.rstrip("."), json_format.MessageToDict(message))
+        return
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.json_name}"
+        multiline = field.full_name in _MULTILINE
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            items = list(value.items())
+            if len(items) > MAX_LIST:
+                raise invalid(path, f"must hold at most {MAX_LIST} entries")
+            for key, item in items:
+                if isinstance(key, str):
+                    _string(f"{path} (key)", key, multiline=False)
+                _value(f"{path}.{key}", item, multiline)
+        elif field.is_repeated:
+            if len(value) > MAX_LIST:
+                raise invalid(path, f"must hold at most {MAX_LIST} items")
+            for i, item in enumerate(value):
+                _value(f"{path}[{i}]", item, multiline)
+        else:
+            _value(path, value, multiline)
+
+
+def _value(path: str, value: object, multiline: bool) -> None:
+    if isinstance(value, str):
+        _string(path, value, multiline)
+    elif isinstance(value, Message):
+        request_strings(value, f"{path}.")

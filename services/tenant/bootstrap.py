@@ -21,14 +21,14 @@ async def _check(saved: dict[str, str]) -> bool:
     """Whether a saved {tenantId, apiKey} still authenticates against this database."""
     settings = load_settings()
     engine = create_engine(settings)
+    authenticator = Authenticator(engine, settings.SESSION_SIGNING_KEY)
     try:
         await wait_for_database(engine, settings.DB_WAIT_SECONDS)
-        principal = await Authenticator(engine, settings.SESSION_SIGNING_KEY).authenticate(
-            {"x-api-key": saved.get("apiKey", "")}
-        )
+        principal = await authenticator.authenticate({"x-api-key": saved.get("apiKey", "")})
     except ServiceError:
         return False
     finally:
+        await authenticator.close()
         await engine.dispose()
     return principal is not None and principal.tenant_id == saved.get("tenantId")
 

@@ -1,4 +1,4 @@
-"""Tenant rows: creation, settings and webhook endpoint."""
+"""Tenant rows: creation, settings, webhook endpoint and API keys."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.auth import generate_api_key
+from services.common.auth import NewApiKey, generate_api_key
+from services.common.errors import conflict, not_found
+from services.common.interceptors import REVOKED_CHANNEL
 from services.common.models import API_KEYS, TENANTS, WEBHOOKS, new_id
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -94,3 +96,64 @@ async def get_webhook(conn: AsyncConnection, *, tenant_id: str) -> Row[Any] | No
 async def delete_webhook(conn: AsyncConnection, *, tenant_id: str) -> bool:
     result = await conn.execute(delete(WEBHOOKS).where(WEBHOOKS.c.tenant_id == tenant_id))
     return bool(result.rowcount)
+
+
+# --- API keys -----------------------------------------------------------------------
+
+MAX_API_KEYS = 20
+_KEY_COLUMNS = (API_KEYS.c.id, API_KEYS.c.created_at, API_KEYS.c.last_used_at)
+_ACTIVE = API_KEYS.c.revoked_at.is_(None)
+
+
+async def _lock_tenant_keys(conn: AsyncConnection, tenant_id: str) -> list[str]:
+    """Locks the tenant row, so every change to its keys runs one at a time, and returns
+    the ids of its active keys as they stand under that lock."""
+    locked = (
+        await conn.execute(select(TENANTS.c.id).where(TENANTS.c.id == tenant_id).with_for_update())
+    ).first()
+    if locked is None:
+        raise not_found("TENANT_NOT_FOUND", "tenant not found")
+    rows = await conn.execute(
+        select(API_KEYS.c.id).where(API_KEYS.c.tenant_id == tenant_id, _ACTIVE)
+    )
+    return list(rows.scalars())
+
+
+async def create_api_key(conn: AsyncConnection, *, tenant_id: str) -> tuple[Row[Any], NewApiKey]:
+    if len(await _lock_tenant_keys(conn, tenant_id)) >= MAX_API_KEYS:
+        raise conflict(
+            "TOO_MANY_API_KEYS", f"a tenant has at most {MAX_API_KEYS} active keys; revoke one"
+        )
+    key = generate_api_key()
+    row = (
+        await conn.execute(
+            insert(API_KEYS)
+            .values(id=key.key_id, tenant_id=tenant_id, secret_hash=key.secret_hash)
+            .returning(*_KEY_COLUMNS)
+        )
+    ).one()
+    return row, key
+
+
+async def list_api_keys(conn: AsyncConnection, *, tenant_id: str) -> list[Row[Any]]:
+    stmt = (
+        select(*_KEY_COLUMNS)
+        .where(API_KEYS.c.tenant_id == tenant_id, _ACTIVE)
+        .order_by(API_KEYS.c.created_at, API_KEYS.c.id)
+    )
+    return list((await conn.execute(stmt)).all())
+
+
+async def revoke_api_key(conn: AsyncConnection, *, tenant_id: str, key_id: str) -> None:
+    """Revokes one active key; the last one stays (two concurrent revocations of a
+    tenant's last two keys are serialized by the tenant row lock: the second sees one)."""
+    active = await _lock_tenant_keys(conn, tenant_id)
+    if key_id not in active:
+        raise not_found("API_KEY_NOT_FOUND", "no active API key with this id")
+    if len(active) == 1:
+        raise conflict("LAST_API_KEY", "the tenant's last API key cannot be revoked")
+    await conn.execute(
+        update(API_KEYS).where(API_KEYS.c.id == key_id).values(revoked_at=func.now())
+    )
+    # Delivered at commit to every replica's Authenticator, which drops its cached entry.
+    await conn.execute(select(func.pg_notify(REVOKED_CHANNEL, key_id)))

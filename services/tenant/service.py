@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -12,13 +13,14 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import validation
-from services.common.auth import Policy, current_principal, mint_session
+from services.common.auth import API_KEY_PREFIX, Policy, current_principal, mint_session
 from services.common.db import transaction
 from services.common.errors import invalid, not_found
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
 from services.events.types import ALL as EVENT_TYPES
 from services.tenant import repo
+from services.webhooks import ssrf_guard
 
 POLICIES = {
     "CreateSession": Policy.API_KEY,
@@ -27,7 +29,29 @@ POLICIES = {
     "PutWebhook": Policy.API_KEY,
     "GetWebhook": Policy.API_KEY,
     "DeleteWebhook": Policy.API_KEY,
+    "CreateApiKey": Policy.API_KEY,
+    "ListApiKeys": Policy.API_KEY,
+    "DeleteApiKey": Policy.API_KEY,
 }
+
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _api_key(row: Row[Any]) -> pb.ApiKey:
+    return pb.ApiKey(
+        id=row.id,
+        prefix=f"{API_KEY_PREFIX}{row.id}_",
+        created_at=_timestamp(row.created_at),
+        last_used_at=_timestamp(row.last_used_at),
+    )
 
 
 def _call_settings(row: Row[Any]) -> pb.CallSettings:
@@ -117,6 +141,11 @@ class TenantService(pb_grpc.TenantServiceServicer):
                 raise invalid(
                     "events", f"unknown event type {event[:64]!r}; known: {', '.join(EVENT_TYPES)}"
                 )
+        if not self.settings.WEBHOOK_ALLOW_PRIVATE_TARGETS:
+            try:
+                await ssrf_guard.check_url(url)
+            except ssrf_guard.TargetNotAllowed as exc:
+                raise invalid("url", str(exc), reason="WEBHOOK_TARGET_NOT_ALLOWED") from None
         async with transaction(self.engine) as conn:
             secret = await repo.put_webhook(conn, tenant_id=tenant_id, url=url, events=events)
         return pb.PutWebhookResponse(url=url, events=events, secret=secret)
@@ -137,6 +166,31 @@ class TenantService(pb_grpc.TenantServiceServicer):
         async with transaction(self.engine) as conn:
             await repo.delete_webhook(conn, tenant_id=current_principal().tenant_id)
         return pb.DeleteWebhookResponse()
+
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: Any
+    ) -> pb.CreateApiKeyResponse:
+        async with transaction(self.engine) as conn:
+            row, key = await repo.create_api_key(conn, tenant_id=current_principal().tenant_id)
+        return pb.CreateApiKeyResponse(api_key=_api_key(row), key=key.plaintext)
+
+    async def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, context: Any
+    ) -> pb.ListApiKeysResponse:
+        async with self.engine.connect() as conn:
+            rows = await repo.list_api_keys(conn, tenant_id=current_principal().tenant_id)
+        return pb.ListApiKeysResponse(api_keys=[_api_key(r) for r in rows])
+
+    async def DeleteApiKey(
+        self, request: pb.DeleteApiKeyRequest, context: Any
+    ) -> pb.DeleteApiKeyResponse:
+        if not _KEY_ID.fullmatch(request.id):
+            raise invalid("id", "is not an API key id")
+        async with transaction(self.engine) as conn:
+            await repo.revoke_api_key(
+                conn, tenant_id=current_principal().tenant_id, key_id=request.id
+            )
+        return pb.DeleteApiKeyResponse()
 
 
 async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:

@@ -20,6 +20,7 @@ import time
 from collections import Counter as Tally
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client import Counter, Histogram
@@ -30,7 +31,7 @@ from services.common.db import transaction
 from services.common.logging import log_fields
 from services.common.models import DELIVERIES, WEBHOOKS
 from services.common.settings import Settings
-from services.webhooks import signing
+from services.webhooks import signing, ssrf_guard
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +158,17 @@ class Deliverer:
             error: str | None
             started = time.perf_counter()
             try:
+                if not self.settings.WEBHOOK_ALLOW_PRIVATE_TARGETS:
+                    # Names are vetted (and pinned) by the connector's resolver; IP
+                    # literals never reach it.
+                    ssrf_guard.check_literal(urlsplit(endpoint.url).hostname or "")
                 async with http.post(
                     endpoint.url, data=body, headers=headers, allow_redirects=False
                 ) as reply:
                     # The response body is never read: we neither need nor store it.
                     error = None if 200 <= reply.status < 300 else f"HTTP {reply.status}"
+            except ssrf_guard.TargetNotAllowed:
+                error = "target not allowed"  # retried: the tenant may fix its DNS or URL
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 error = type(exc).__name__
             SECONDS.observe(time.perf_counter() - started)
@@ -221,9 +228,16 @@ class Deliverer:
 
     # --- loop -----------------------------------------------------------------------
 
+    def connector(self) -> aiohttp.TCPConnector:
+        """Connections only to addresses the SSRF guard vetted when it resolved them."""
+        guarded = not self.settings.WEBHOOK_ALLOW_PRIVATE_TARGETS
+        return aiohttp.TCPConnector(
+            limit=self.concurrency, resolver=ssrf_guard.PinnedResolver() if guarded else None
+        )
+
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.WEBHOOK_TIMEOUT_SECONDS)
-        connector = aiohttp.TCPConnector(limit=self.concurrency)
+        connector = self.connector()
         running: set[asyncio.Task[None]] = set()
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             try:

@@ -11,6 +11,12 @@ from services.common.settings import DEV_SESSION_KEY, load_settings
 DB = "postgresql://u@127.0.0.1:5432/db"
 
 
+@pytest.fixture(autouse=True)
+def _dev_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about other variables: ENV=dev, as `make dev` sets it."""
+    monkeypatch.setenv("ENV", "dev")
+
+
 def test_missing_database_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     with pytest.raises(SystemExit) as exc:
@@ -41,8 +47,41 @@ def test_production_refuses_dev_secrets(monkeypatch: pytest.MonkeyPatch) -> None
         load_settings()
     assert "SESSION_SIGNING_KEY" in str(exc.value)
     monkeypatch.setenv("SESSION_SIGNING_KEY", "s" * 40)
+    monkeypatch.setenv("LIVEKIT_API_KEY", "prod-key")
     monkeypatch.setenv("LIVEKIT_API_SECRET", "l" * 40)
     assert load_settings().SESSION_SIGNING_KEY != DEV_SESSION_KEY
+
+
+def test_unset_env_runs_as_production_and_refuses_dev_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ENV")
+    monkeypatch.setenv("DATABASE_URL", DB)
+    with pytest.raises(SystemExit) as exc:
+        load_settings()
+    assert "SESSION_SIGNING_KEY" in str(exc.value)
+    monkeypatch.setenv("SESSION_SIGNING_KEY", "s" * 40)
+    with pytest.raises(SystemExit) as exc:
+        load_settings()
+    assert "LIVEKIT_API_KEY" in str(exc.value)
+    monkeypatch.setenv("LIVEKIT_API_KEY", "prod-key")
+    with pytest.raises(SystemExit) as exc:
+        load_settings()
+    assert "LIVEKIT_API_SECRET" in str(exc.value)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "l" * 40)
+    assert load_settings().ENV == "production"
+
+
+def test_missing_secret_file_is_a_clear_start_up_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", DB)
+    monkeypatch.setenv("SESSION_SIGNING_KEY_FILE", str(tmp_path / "absent"))
+    with pytest.raises(SystemExit) as exc:
+        load_settings()
+    message = str(exc.value)
+    assert message.startswith("invalid configuration:")
+    assert "SESSION_SIGNING_KEY_FILE" in message and str(tmp_path / "absent") in message
 
 
 def test_short_secret_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,7 +74,7 @@ def test_headers_carry_event_id_timestamp_and_signature() -> None:
 
 
 def _settings(**kw: object) -> Settings:
-    return Settings(DATABASE_URL="postgresql://u@localhost/db", **kw)  # type: ignore[arg-type]
+    return Settings(ENV="test", DATABASE_URL="postgresql://u@localhost/db", **kw)  # type: ignore[arg-type]
 
 
 def test_back_off_is_exponential_capped_with_full_jitter() -> None:

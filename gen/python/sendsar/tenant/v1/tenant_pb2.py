@@ -27,7 +27,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esendsar/tenant/v1/tenant.proto\x12\x11sendsar.tenant.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n\x14\x43reateSessionRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0bttl_seconds\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x07\n\x05_nameB\x0e\n\x0c_ttl_seconds\"b\n\x15\x43reateSessionResponse\x12\x13\n\x05token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"m\n\x0c\x43\x61llSettings\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x18\n\x10max_participants\x18\x02 \x01(\x05\x12\x1c\n\x14ring_timeout_seconds\x18\x03 \x01(\x05\x12\x14\n\x0c\x64\x65\x66\x61ult_type\x18\x04 \x01(\t\"\xd2\x01\n\x12\x43\x61llSettingsUpdate\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1d\n\x10max_participants\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12!\n\x14ring_timeout_seconds\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x19\n\x0c\x64\x65\x66\x61ult_type\x18\x04 \x01(\tH\x03\x88\x01\x01\x42\n\n\x08_enabledB\x13\n\x11_max_participantsB\x17\n\x15_ring_timeout_secondsB\x0f\n\r_default_type\"\x14\n\x12GetSettingsRequest\"E\n\x13GetSettingsResponse\x12.\n\x05\x63\x61lls\x18\x01 \x01(\x0b\x32\x1f.sendsar.tenant.v1.CallSettings\"M\n\x15UpdateSettingsRequest\x12\x34\n\x05\x63\x61lls\x18\x01 \x01(\x0b\x32%.sendsar.tenant.v1.CallSettingsUpdate\"H\n\x16UpdateSettingsResponse\x12.\n\x05\x63\x61lls\x18\x01 \x01(\x0b\x32\x1f.sendsar.tenant.v1.CallSettings\"6\n\x11PutWebhookRequest\x12\x11\n\x03url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06\x65vents\x18\x02 \x03(\t\"G\n\x12PutWebhookResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x03(\t\x12\x14\n\x06secret\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\"\x13\n\x11GetWebhookRequest\"1\n\x12GetWebhookResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x03(\t\"\x16\n\x14\x44\x65leteWebhookRequest\"\x17\n\x15\x44\x65leteWebhookResponse2\x80\x06\n\rTenantService\x12{\n\rCreateSession\x12\'.sendsar.tenant.v1.CreateSessionRequest\x1a(.sendsar.tenant.v1.CreateSessionResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/sessions:\x01*\x12y\n\x0bGetSettings\x12%.sendsar.tenant.v1.GetSettingsRequest\x1a&.sendsar.tenant.v1.GetSettingsResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/tenant/settings\x12\x85\x01\n\x0eUpdateSettings\x12(.sendsar.tenant.v1.UpdateSettingsRequest\x1a).sendsar.tenant.v1.UpdateSettingsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x32\x13/v1/tenant/settings:\x01*\x12x\n\nPutWebhook\x12$.sendsar.tenant.v1.PutWebhookRequest\x1a%.sendsar.tenant.v1.PutWebhookResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x1a\x12/v1/tenant/webhook:\x01*\x12u\n\nGetWebhook\x12$.sendsar.tenant.v1.GetWebhookRequest\x1a%.sendsar.tenant.v1.GetWebhookResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/tenant/webhook\x12~\n\rDeleteWebhook\x12\'.sendsar.tenant.v1.DeleteWebhookRequest\x1a(.sendsar.tenant.v1.DeleteWebhookResponse\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/tenant/webhookb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esendsar/tenant/v1/tenant.proto\x12\x11sendsar.tenant.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n\x14\x43reateSessionRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0bttl_seconds\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x07\n\x05_nameB\x0e\n\x0c_ttl_seconds\"b\n\x15\x43reateSessionResponse\x12\x13\n\x05token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"m\n\x0c\x43\x61llSettings\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x18\n\x10max_participants\x18\x02 \x01(\x05\x12\x1c\n\x14ring_timeout_seconds\x18\x03 \x01(\x05\x12\x14\n\x0c\x64\x65\x66\x61ult_type\x18\x04 \x01(\t\"\xd2\x01\n\x12\x43\x61llSettingsUpdate\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1d\n\x10max_participants\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12!\n\x14ring_timeout_seconds\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x19\n\x0c\x64\x65\x66\x61ult_type\x18\x04 \x01(\tH\x03\x88\x01\x01\x42\n\n\x08_enabledB\x13\n\x11_max_participantsB\x17\n\x15_ring_timeout_secondsB\x0f\n\r_default_type\"\x14\n\x12GetSettingsRequest\"E\n\x13GetSettingsResponse\x12.\n\x05\x63\x61lls\x18\x01 \x01(\x0b\x32\x1f.sendsar.tenant.v1.CallSettings\"M\n\x15UpdateSettingsRequest\x12\x34\n\x05\x63\x61lls\x18\x01 \x01(\x0b\x32%.sendsar.tenant.v1.CallSettingsUpdate\"H\n\x16UpdateSettingsResponse\x12.\n\x05\x63\x61lls\x18\x01 \x01(\x0b\x32\x1f.sendsar.tenant.v1.CallSettings\"6\n\x11PutWebhookRequest\x12\x11\n\x03url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06\x65vents\x18\x02 \x03(\t\"G\n\x12PutWebhookResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x03(\t\x12\x14\n\x06secret\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\"\x13\n\x11GetWebhookRequest\"1\n\x12GetWebhookResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x03(\t\"\x16\n\x14\x44\x65leteWebhookRequest\"\x17\n\x15\x44\x65leteWebhookResponse\"\x9e\x01\n\x06\x41piKey\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06prefix\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0clast_used_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x15\n\x13\x43reateApiKeyRequest\"[\n\x14\x43reateApiKeyResponse\x12\x30\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x19.sendsar.tenant.v1.ApiKeyB\x04\xe2\x41\x01\x03\x12\x11\n\x03key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"\x14\n\x12ListApiKeysRequest\"H\n\x13ListApiKeysResponse\x12\x31\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x19.sendsar.tenant.v1.ApiKeyB\x04\xe2\x41\x01\x03\"\'\n\x13\x44\x65leteApiKeyRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x16\n\x14\x44\x65leteApiKeyResponse2\x80\t\n\rTenantService\x12{\n\rCreateSession\x12\'.sendsar.tenant.v1.CreateSessionRequest\x1a(.sendsar.tenant.v1.CreateSessionResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/sessions:\x01*\x12y\n\x0bGetSettings\x12%.sendsar.tenant.v1.GetSettingsRequest\x1a&.sendsar.tenant.v1.GetSettingsResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/tenant/settings\x12\x85\x01\n\x0eUpdateSettings\x12(.sendsar.tenant.v1.UpdateSettingsRequest\x1a).sendsar.tenant.v1.UpdateSettingsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x32\x13/v1/tenant/settings:\x01*\x12x\n\nPutWebhook\x12$.sendsar.tenant.v1.PutWebhookRequest\x1a%.sendsar.tenant.v1.PutWebhookResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x1a\x12/v1/tenant/webhook:\x01*\x12u\n\nGetWebhook\x12$.sendsar.tenant.v1.GetWebhookRequest\x1a%.sendsar.tenant.v1.GetWebhookResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/tenant/webhook\x12~\n\rDeleteWebhook\x12\'.sendsar.tenant.v1.DeleteWebhookRequest\x1a(.sendsar.tenant.v1.DeleteWebhookResponse\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/tenant/webhook\x12\x7f\n\x0c\x43reateApiKey\x12&.sendsar.tenant.v1.CreateApiKeyRequest\x1a\'.sendsar.tenant.v1.CreateApiKeyResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/tenant/api-keys:\x01*\x12y\n\x0bListApiKeys\x12%.sendsar.tenant.v1.ListApiKeysRequest\x1a&.sendsar.tenant.v1.ListApiKeysResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/tenant/api-keys\x12\x81\x01\n\x0c\x44\x65leteApiKey\x12&.sendsar.tenant.v1.DeleteApiKeyRequest\x1a\'.sendsar.tenant.v1.DeleteApiKeyResponse\" \x82\xd3\xe4\x93\x02\x1a*\x18/v1/tenant/api-keys/{id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTWEBHOOKREQUEST'].fields_by_name['url']._serialized_options = b'\342A\001\002'
   _globals['_PUTWEBHOOKRESPONSE'].fields_by_name['secret']._loaded_options = None
   _globals['_PUTWEBHOOKRESPONSE'].fields_by_name['secret']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['id']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['prefix']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['prefix']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['created_at']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['last_used_at']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['last_used_at']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['api_key']._loaded_options = None
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['api_key']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['key']._loaded_options = None
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['key']._serialized_options = b'\342A\001\003'
+  _globals['_LISTAPIKEYSRESPONSE'].fields_by_name['api_keys']._loaded_options = None
+  _globals['_LISTAPIKEYSRESPONSE'].fields_by_name['api_keys']._serialized_options = b'\342A\001\003'
+  _globals['_DELETEAPIKEYREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_DELETEAPIKEYREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_TENANTSERVICE'].methods_by_name['CreateSession']._loaded_options = None
   _globals['_TENANTSERVICE'].methods_by_name['CreateSession']._serialized_options = b'\202\323\344\223\002\021\"\014/v1/sessions:\001*'
   _globals['_TENANTSERVICE'].methods_by_name['GetSettings']._loaded_options = None
@@ -56,6 +72,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANTSERVICE'].methods_by_name['GetWebhook']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/tenant/webhook'
   _globals['_TENANTSERVICE'].methods_by_name['DeleteWebhook']._loaded_options = None
   _globals['_TENANTSERVICE'].methods_by_name['DeleteWebhook']._serialized_options = b'\202\323\344\223\002\024*\022/v1/tenant/webhook'
+  _globals['_TENANTSERVICE'].methods_by_name['CreateApiKey']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['CreateApiKey']._serialized_options = b'\202\323\344\223\002\030\"\023/v1/tenant/api-keys:\001*'
+  _globals['_TENANTSERVICE'].methods_by_name['ListApiKeys']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['ListApiKeys']._serialized_options = b'\202\323\344\223\002\025\022\023/v1/tenant/api-keys'
+  _globals['_TENANTSERVICE'].methods_by_name['DeleteApiKey']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['DeleteApiKey']._serialized_options = b'\202\323\344\223\002\032*\030/v1/tenant/api-keys/{id}'
   _globals['_CREATESESSIONREQUEST']._serialized_start=149
   _globals['_CREATESESSIONREQUEST']._serialized_end=264
   _globals['_CREATESESSIONRESPONSE']._serialized_start=266
@@ -84,6 +106,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1159
   _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=1161
   _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1184
-  _globals['_TENANTSERVICE']._serialized_start=1187
-  _globals['_TENANTSERVICE']._serialized_end=1955
+  _globals['_APIKEY']._serialized_start=1187
+  _globals['_APIKEY']._serialized_end=1345
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1347
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1368
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1370
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1461
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1463
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1483
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1485
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1557
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1559
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1598
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=1600
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=1622
+  _globals['_TENANTSERVICE']._serialized_start=1625
+  _globals['_TENANTSERVICE']._serialized_end=2777
 # @@protoc_insertion_point(module_scope)

@@ -66,6 +66,21 @@ class TenantServiceStub:
                 request_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteWebhookRequest.SerializeToString,
                 response_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteWebhookResponse.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/sendsar.tenant.v1.TenantService/CreateApiKey',
+                request_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/sendsar.tenant.v1.TenantService/ListApiKeys',
+                request_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.DeleteApiKey = channel.unary_unary(
+                '/sendsar.tenant.v1.TenantService/DeleteApiKey',
+                request_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyRequest.SerializeToString,
+                response_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class TenantServiceServicer:
@@ -113,6 +128,29 @@ class TenantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """Creates another API key (at most 20 active); the key itself is in this response
+        only. API key only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Lists the tenant's active keys, oldest first (never the keys themselves). API key only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteApiKey(self, request, context):
+        """Revokes a key, within a second on every replica. The tenant's last active key
+        cannot be revoked. API key only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +183,21 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.DeleteWebhook,
                     request_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteWebhookRequest.FromString,
                     response_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteWebhookResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'DeleteApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteApiKey,
+                    request_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyRequest.FromString,
+                    response_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +364,87 @@ class TenantService:
             '/sendsar.tenant.v1.TenantService/DeleteWebhook',
             sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteWebhookRequest.SerializeToString,
             sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.tenant.v1.TenantService/CreateApiKey',
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.CreateApiKeyRequest.SerializeToString,
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.tenant.v1.TenantService/ListApiKeys',
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListApiKeysRequest.SerializeToString,
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.tenant.v1.TenantService/DeleteApiKey',
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyRequest.SerializeToString,
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,89 @@
+"""Fair limits: token buckets per tenant, per credential and for public RPCs.
+
+One tenant's flood empties its own buckets and gets 429 RATE_LIMITED; other tenants'
+buckets are untouched. The buckets live in the process, so the limits apply per replica
+(N replicas let a tenant through at up to N times the rate; see docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+
+from services.common import auth
+from services.common.errors import ServiceError
+from services.common.settings import Settings
+
+# Bounded memory: beyond this many keys the least recently used bucket is dropped (it
+# had refilled unless it was used within the last burst/rate seconds).
+MAX_KEYS = 50_000
+
+
+class TokenBuckets:
+    """One token bucket per key: `rate` tokens a second, at most `burst` saved up."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        max_keys: int = MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate, self.burst, self.max_keys, self.clock = rate, float(burst), max_keys, clock
+        # key -> (tokens, when counted); dict order is least recently used first.
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> bool:
+        now = self.clock()
+        saved = self._buckets.pop(key, None)
+        tokens = (
+            self.burst
+            if saved is None
+            else min(self.burst, saved[0] + (now - saved[1]) * self.rate)
+        )
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > self.max_keys:
+            del self._buckets[next(iter(self._buckets))]
+        return allowed
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def rate_limited(scope: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+        f"too many requests for this {scope}; slow down and retry",
+        metadata={"scope": scope},
+    )
+
+
+class RateLimiter:
+    def __init__(self, settings: Settings) -> None:
+        self.tenants = TokenBuckets(
+            settings.RATE_LIMIT_TENANT_PER_SECOND, settings.RATE_LIMIT_TENANT_BURST
+        )
+        self.credentials = TokenBuckets(
+            settings.RATE_LIMIT_CREDENTIAL_PER_SECOND, settings.RATE_LIMIT_CREDENTIAL_BURST
+        )
+        self.public = TokenBuckets(
+            settings.RATE_LIMIT_LIVEKIT_PER_SECOND, settings.RATE_LIMIT_LIVEKIT_BURST
+        )
+
+    def check_public(self, method: str) -> None:
+        """Public RPCs (LiveKit's webhooks) have their own budget, apart from every tenant's."""
+        if not self.public.take(method):
+            raise rate_limited("endpoint")
+
+    def check(self, principal: auth.Principal, credential_id: str) -> None:
+        # The credential first: a flood from one key or user does not spend the tenant's
+        # budget beyond its own.
+        if not self.credentials.take(credential_id):
+            raise rate_limited("credential")
+        if not self.tenants.take(principal.tenant_id):
+            raise rate_limited("tenant")
