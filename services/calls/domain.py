@@ -66,6 +66,10 @@ class Call:
     def user_ids(self) -> list[str]:
         return [p.user_id for p in self.participants]
 
+    def audience(self) -> tuple[str, ...]:
+        """Who receives the call's events: every participant but those removed from it."""
+        return tuple(p.user_id for p in self.participants if p.state != "removed")
+
     def joined(self) -> list[str]:
         return [p.user_id for p in self.participants if p.state == "joined"]
 
@@ -199,7 +203,7 @@ def _finish(
         media_deadline=None,
         participants=people,
     )
-    everyone = tuple(ended.user_ids())
+    everyone = ended.audience()
     emitted = list(events_before)
     if reason == "declined":
         emitted.append(Event(events.DECLINED, actor, everyone))
@@ -282,7 +286,7 @@ def _answer(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Chan
         media_deadline=now + policy.media_grace,
     )
     answered = _set(active, user_id, "joined", now)
-    return Change(answered, [Event(events.ACCEPTED, user_id, tuple(answered.user_ids()))])
+    return Change(answered, [Event(events.ACCEPTED, user_id, answered.audience())])
 
 
 def _join(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
@@ -298,7 +302,7 @@ def _join(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change
     joined = _set(call, user_id, "joined", now)
     if joined.answered_at is None and user_id != call.created_by:
         joined = replace(joined, answered_at=now)
-    return Change(joined, [Event(events.PARTICIPANT_JOINED, user_id, tuple(joined.user_ids()))])
+    return Change(joined, [Event(events.PARTICIPANT_JOINED, user_id, joined.audience())])
 
 
 def accept(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
@@ -363,7 +367,7 @@ def _leave(call: Call, user_id: str, now: datetime) -> Change:
     if call.mode == "direct":  # a 1:1 call cannot go on with one side gone
         return _finish(call, "cancelled" if call.status == "ringing" else "hangup", user_id, now)
     left = _set(call, user_id, "left", now)
-    event = Event(events.PARTICIPANT_LEFT, user_id, tuple(left.user_ids()))
+    event = Event(events.PARTICIPANT_LEFT, user_id, left.audience())
     if not left.joined():
         return _finish(left, "all_left", user_id, now, events_before=[event])
     return Change(left, [event], kicked=[user_id])
@@ -459,7 +463,9 @@ def remove(call: Call, actor: Actor, user_id: str, now: datetime) -> Change:
     if call.mode == "direct":  # a 1:1 call cannot go on without one side
         return _finish(_set(call, user_id, "removed", now), "ended_by_host", by, now)
     removed = _set(call, user_id, "removed", now)
-    event = Event(events.PARTICIPANT_LEFT, user_id, tuple(removed.user_ids()), reason="removed")
+    # The removed user's devices hear it too (and nothing of the call after it).
+    audience = tuple(sorted({*removed.audience(), user_id}))
+    event = Event(events.PARTICIPANT_LEFT, user_id, audience, reason="removed")
     if not removed.joined():
         return _finish(removed, "all_left", by, now, events_before=[event])
     return Change(removed, [event], kicked=[user_id])
@@ -472,3 +478,18 @@ def mute_target(call: Call, actor: Actor, user_id: str) -> Participant:
     if participant.state != "joined":
         raise conflict("NOT_IN_CALL", "that user is not in the call")
     return participant
+
+
+def member_removed(call: Call, user_id: str, now: datetime) -> Change:
+    """The user is no longer a member of the call's room: out of its live call for good,
+    and told nothing more of it."""
+    participant = call.participant(user_id)
+    if participant is None or participant.state == "removed":
+        return Change(call)
+    gone = _set(call, user_id, "removed", now)
+    if call.mode == "direct":  # a 1:1 call cannot go on without one side
+        return _finish(gone, "cancelled" if call.status == "ringing" else "hangup", user_id, now)
+    event = Event(events.PARTICIPANT_LEFT, user_id, gone.audience(), reason="removed")
+    if not gone.joined():
+        return _finish(gone, "all_left", user_id, now, events_before=[event])
+    return Change(gone, [event], kicked=[user_id] if participant.state == "joined" else [])

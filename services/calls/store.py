@@ -195,6 +195,7 @@ FROM call_participants WHERE call_id = ANY(%(calls)s)"""
 CALLS_OF_USER = f"""
 SELECT now(), {_CALL_COLUMNS} FROM calls c
 JOIN call_participants p ON p.call_id = c.id AND p.user_id = %(user)s
+     AND p.state <> 'removed'
 JOIN room_members m ON m.room_id = c.room_id AND m.user_id = %(user)s
 WHERE c.tenant_id = %(tenant)s AND c.status = ANY(%(statuses)s)
 ORDER BY c.created_at"""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -14,6 +13,8 @@ from sendsar.chat.v1 import chat_pb2_grpc as pb_grpc
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.calls import membership
+from services.calls.media import Media
 from services.chat import repo
 from services.common import validation
 from services.common.auth import Kind, Policy, current_principal
@@ -33,7 +34,6 @@ POLICIES = {
 
 MAX_MEMBERS = 1000
 
-MemberChange = Callable[..., Awaitable[object]]
 MAX_PARTS = 20
 MAX_TEXT = 4000
 MAX_NAME = 200
@@ -111,8 +111,9 @@ def _text_parts(parts: Any) -> list[dict[str, Any]]:
 
 
 class ChatService(pb_grpc.ChatServiceServicer):
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, media: Media) -> None:
         self.engine = engine
+        self.media = media  # to take a removed member out of a live call's media room
 
     async def _room(self, conn: AsyncConnection, tenant_id: str, room_id: str) -> pb.Room:
         row = await repo.get_room(conn, tenant_id=tenant_id, room_id=room_id)
@@ -133,20 +134,33 @@ class ChatService(pb_grpc.ChatServiceServicer):
             room_id = await repo.create_room(conn, tenant_id=tenant_id, name=name, members=members)
             return await self._room(conn, tenant_id, room_id)
 
-    async def _change_members(self, request: Any, change: MemberChange) -> pb.Room:
+    async def AddMember(self, request: pb.AddMemberRequest, context: Any) -> pb.Room:
         tenant_id = current_principal().tenant_id
         room_id = validation.resource_id(request.room_id, "roomId")
         user_id = validation.user_id(request.user_id)
         async with transaction(self.engine) as conn:
             await self._room(conn, tenant_id, room_id)  # 404 before any change
-            await change(conn, tenant_id=tenant_id, room_id=room_id, user_id=user_id)
+            await add_within_cap(conn, tenant_id=tenant_id, room_id=room_id, user_id=user_id)
             return await self._room(conn, tenant_id, room_id)
 
-    async def AddMember(self, request: pb.AddMemberRequest, context: Any) -> pb.Room:
-        return await self._change_members(request, add_within_cap)
-
     async def RemoveMember(self, request: pb.RemoveMemberRequest, context: Any) -> pb.Room:
-        return await self._change_members(request, repo.remove_member)
+        tenant_id = current_principal().tenant_id
+        room_id = validation.resource_id(request.room_id, "roomId")
+        user_id = validation.user_id(request.user_id)
+        async with transaction(self.engine) as conn:
+            await self._room(conn, tenant_id, room_id)  # 404 before any change
+            # The call store speaks psycopg: the same connection, so the same transaction.
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            left = await membership.leave_live_call(
+                raw, tenant=tenant_id, room=room_id, user=user_id
+            )
+            await repo.remove_member(conn, tenant_id=tenant_id, room_id=room_id, user_id=user_id)
+            room = await self._room(conn, tenant_id, room_id)
+        if left is not None:  # after commit (an ended call's media room goes by the calls
+            for kicked in left.kicked:  # service's clean-up sweep)
+                await self.media.remove_participant(left.call.livekit_room, kicked)
+        return room
 
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Any
@@ -201,10 +215,11 @@ class ChatService(pb_grpc.ChatServiceServicer):
 
 
 async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
-    servicer = ChatService(engine)
+    media = Media(settings)
+    servicer = ChatService(engine, media)
 
     def add(server: grpc.aio.Server) -> None:
         pb_grpc.add_ChatServiceServicer_to_server(servicer, server)
 
     name = pb.DESCRIPTOR.services_by_name["ChatService"].full_name
-    return ServiceParts(registrations=[Registration(add, name, POLICIES)])
+    return ServiceParts(registrations=[Registration(add, name, POLICIES)], closers=[media.close])

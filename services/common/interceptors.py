@@ -34,6 +34,8 @@ RPC_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
+SLOW_RPC_SECONDS = 0.25
+
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
@@ -263,9 +265,19 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 elapsed = time.perf_counter() - started
                 RPC_HANDLED.labels(short, code.name).inc()
                 RPC_SECONDS.labels(short).observe(elapsed)
-                log.info(
-                    "rpc",
-                    extra=log_fields(method=short, code=code.name, ms=round(elapsed * 1000, 2)),
+                # Every RPC is counted and timed above, and Envoy can log access; a log line
+                # for each was a visible share of a request's CPU. Lines for what a person
+                # looks into: failures and slow calls (the rest at DEBUG).
+                level = (
+                    logging.INFO
+                    if code is not grpc.StatusCode.OK or elapsed >= SLOW_RPC_SECONDS
+                    else logging.DEBUG
                 )
+                if log.isEnabledFor(level):
+                    log.log(
+                        level,
+                        "rpc",
+                        extra=log_fields(method=short, code=code.name, ms=round(elapsed * 1000, 2)),
+                    )
 
         return wrapped

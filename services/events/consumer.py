@@ -165,10 +165,13 @@ class EventConsumer:
             DROPPED.labels(self.name, "replayed").inc()
             return False
         self._last_seq = seq
-        if event.id in self._seen:
+        # The outbox row id: an event to a large audience travels in parts that share
+        # the event id, each part its own row (and NATS message id).
+        key = (msg.headers or {}).get("Nats-Msg-Id") or event.id
+        if key in self._seen:
             DROPPED.labels(self.name, "duplicate").inc()
             return False
-        self._seen[event.id] = None
+        self._seen[key] = None
         if len(self._seen) > REMEMBER_IDS:
             self._seen.popitem(last=False)
         return True

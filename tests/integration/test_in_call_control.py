@@ -5,6 +5,7 @@ grants by call type, and calls nobody is in ending as `no_media`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -261,3 +262,72 @@ def test_a_call_nobody_is_in_ends_as_no_media(tenant: Tenant, users: Users, stac
             assert record["endReason"] == "no_media"
     finally:
         calls.stop()
+
+
+# --- room membership is the truth -------------------------------------------------------------
+
+
+async def test_a_member_removed_from_the_room_leaves_its_live_call(
+    tenant: Tenant, users: Users
+) -> None:
+    room, call = group(tenant, users, "bob", "carol")
+    bob = await Device("bob").connect(tenant.rest, tenant.session_token("bob"))
+    carol = await Device("carol").connect(tenant.rest, tenant.session_token("carol"))
+    try:
+        with tenant.api() as key:
+            ok(key.delete(f"/chat/rooms/{room}/members/bob"))
+        left = await carol.wait_for("call.participant_left", call)
+        assert (left["userId"], left["reason"]) == ("bob", "removed")
+        assert states(active(users("alice"), room)["call"])["bob"] == "removed"
+        act(users("alice"), room, call, "end")
+        await carol.wait_for("call.ended", call)
+        await asyncio.sleep(1)  # anything wrongly routed to bob would be here by now
+        assert bob.of("call.participant_left", call) == []
+        assert bob.of("call.ended", call) == []
+    finally:
+        await bob.close()
+        await carol.close()
+    for verb in ("token", "leave", "accept"):
+        refused(users("bob").post(calls_path(room, call, verb), json={}), 403, "NOT_ROOM_MEMBER")
+
+
+def test_removing_a_side_of_a_direct_call_ends_it_and_the_room_keeps_its_mode(
+    tenant: Tenant, users: Users
+) -> None:
+    room = tenant.room("alice", "bob")
+    call = start(users("alice"), room)["call"]["id"]
+    with tenant.api() as key:
+        ok(key.post(f"/chat/rooms/{room}/members", json={"userId": "carol"}))
+        # Three members now, but the ringing call stays 1:1: carol cannot take it.
+        refused(
+            users("carol").post(calls_path(room, call, "accept"), json={}),
+            403,
+            "NOT_CALL_PARTICIPANT",
+        )
+        ok(key.delete(f"/chat/rooms/{room}/members/bob"))
+    assert active(users("alice"), room) == {}
+    [record] = [h for h in history(users("alice"), room) if h["callId"] == call]
+    assert (record["mode"], record["endReason"], record["outcome"]) == (
+        "direct",
+        "cancelled",
+        "missed",
+    )
+
+
+async def test_an_invite_to_a_large_room_reaches_every_part_of_its_audience(
+    tenant: Tenant, users: Users
+) -> None:
+    """More than 500 recipients travel as several messages; each reaches its users once."""
+    members = [f"m{i:03d}" for i in range(601)]
+    room = tenant.room(*members)
+    first = await Device("m001").connect(tenant.rest, tenant.session_token("m001"))
+    last = await Device("m600").connect(tenant.rest, tenant.session_token("m600"))
+    try:
+        call = start(users("m000"), room)["call"]["id"]
+        for device in (first, last):
+            await device.wait_for("call.invite", call)
+        await asyncio.sleep(1)
+        assert len(first.of("call.invite", call)) == len(last.of("call.invite", call)) == 1
+    finally:
+        await first.close()
+        await last.close()
