@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import load, procstat
+from bench import load, procstat, relay
 from bench.load import Pair, Timings
 from devstack.procs import ROOT
 from services.common.auth import mint_session
@@ -52,6 +52,7 @@ TARGETS = {
     "lifecycles_per_s": 120.0,
     "ring_p99_ms_at_100": 25.0,
     "idle_socket_kib": 38.0,
+    "relay_events_per_s": 5000.0,
 }
 
 
@@ -295,6 +296,7 @@ def main() -> None:
         bench.pool.shutdown()
     finally:
         stack.stop_all()
+    relay_figures = asyncio.run(relay.measure())
 
     ring100 = next((r for r in ring if r["rate"] == 100), None)
     result: dict[str, Any] = {
@@ -307,6 +309,7 @@ def main() -> None:
         "request_ratio": 3 * lifecycle["per_s"] / baseline["per_s"] if baseline["per_s"] else None,
         "ring": ring,
         "idle": idle,
+        "relay": relay_figures,
     }
     result["met"] = {
         "cpu_ms_per_lifecycle": (lifecycle["cpu_ms_per_lifecycle"] or 1e9)
@@ -315,6 +318,7 @@ def main() -> None:
         "ring_p99_at_100": ring100 is not None
         and ring100["p99_ms"] < TARGETS["ring_p99_ms_at_100"],
         "idle_socket": bool(idle) and idle["bridge_kib_per_socket"] <= TARGETS["idle_socket_kib"],
+        "relay_events_per_s": relay_figures["relay_events_per_s"] >= TARGETS["relay_events_per_s"],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{result['timestamp']}.json"

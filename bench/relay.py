@@ -116,21 +116,31 @@ async def compare_publishing(database_url: str, nats_url: str) -> dict[str, floa
         await nc.drain()
 
 
-async def main() -> None:
+async def measure() -> dict[str, float]:
+    """Both figures on a PostgreSQL and NATS of their own (`make bench` calls this)."""
     stack = Stack(workdir=new_workdir())
     try:
         stack.start_postgres()
         stack.start_nats()
         ways = await compare_publishing(stack.database_url, stack.nats_url)
-        print(
-            f"publish: {ways['sequential']:8.0f} msg/s one ack after another, "
-            f"{ways['batched']:8.0f} msg/s acks awaited together (batches of 500)"
-        )
         rate = await relay_events_per_second(stack.database_url, stack.nats_url)
-        print(f"  relay: {rate:8.0f} events/s ({EVENTS} outbox rows, {TENANTS} tenants, 1 replica)")
     finally:
         stack.stop_all()
+    return {
+        "relay_events_per_s": rate,
+        "publish_sequential_per_s": ways["sequential"],
+        "publish_batched_per_s": ways["batched"],
+    }
+
+
+def report(figures: dict[str, float]) -> None:
+    print(
+        f"  relay                        {figures['relay_events_per_s']:8.0f} events/s"
+        f" ({EVENTS} outbox rows, {TENANTS} tenants, 1 replica; publishing:"
+        f" {figures['publish_sequential_per_s']:.0f} msg/s one ack after another,"
+        f" {figures['publish_batched_per_s']:.0f} msg/s acks awaited together)"
+    )
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    report(asyncio.run(measure()))
