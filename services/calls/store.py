@@ -349,6 +349,14 @@ async def _attach_participants(
     return [c for c in calls if c is not None]
 
 
+LIVE_COUNTS = "SELECT status, count(*) FROM calls WHERE status IN ('ringing', 'active') GROUP BY 1"
+
+
+async def live_counts(conn: AsyncConnection[Any]) -> dict[str, int]:
+    rows = await (await conn.execute(LIVE_COUNTS)).fetchall()
+    return {"ringing": 0, "active": 0, **{r[0]: int(r[1]) for r in rows}}
+
+
 async def try_lock(conn: AsyncConnection[Any], key: int) -> bool:
     """A transaction-scoped advisory lock, if free: one process at a time does the job."""
     row = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,))).fetchone()

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from services.calls import domain, store
+from services.calls import domain, metrics, store
 from services.calls.domain import Call, Change
 from services.calls.media import Media
 from services.calls.transitions import CallTransitions
@@ -54,6 +54,9 @@ async def reconcile_media(calls: CallTransitions, media: Media, limit: int = 100
     """Checks active calls against LiveKit's rooms, because webhooks get lost: an empty
     (or missing) media room starts the no-media clock, an occupied one stops it. One
     process at a time; nothing changes while LiveKit cannot answer."""
+    async with calls.transaction() as conn:
+        for status, n in (await store.live_counts(conn)).items():
+            metrics.LIVE.labels(status).set(n)
     occupied = await media.occupied_rooms()
     if occupied is None:
         return

@@ -15,7 +15,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from sendsar.calls.v1 import calls_pb2 as pb
 
-from services.calls import domain, store
+from services.calls import domain, metrics, store
 from services.calls.convert import call_to_pb
 from services.calls.domain import Actor, Call, CallPolicy, Change
 from services.calls.media import Media, MediaSignal
@@ -69,6 +69,7 @@ class CallTransitions:
 
     def after_commit(self, before: Call | None, change: Change) -> None:
         """LiveKit work of a committed change, in the background (never delays the reply)."""
+        metrics.count(before, change)
         call = change.call
         if call.status == "ended" and (before is None or before.status != "ended"):
             self.ended_rooms.put_nowait((call.id, call.livekit_room))

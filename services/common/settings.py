@@ -37,6 +37,24 @@ def parse_cors_origins(value: str) -> list[str]:
     return origins
 
 
+# The dev defaults of the secrets, and which processes use which (the rest ignore them).
+DEV_DEFAULTS = {
+    "SESSION_SIGNING_KEY": DEV_SESSION_KEY,
+    "LIVEKIT_API_KEY": DEV_LIVEKIT_KEY,
+    "LIVEKIT_API_SECRET": DEV_LIVEKIT_SECRET,
+}
+_LIVEKIT = {"LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"}
+SECRETS_USED: dict[str, set[str]] = {
+    "calls": {"SESSION_SIGNING_KEY", *_LIVEKIT},
+    "chat": {"SESSION_SIGNING_KEY", *_LIVEKIT},  # takes removed members out of media rooms
+    "tenant": {"SESSION_SIGNING_KEY"},  # mints sessions
+    "socket-bridge": {"SESSION_SIGNING_KEY"},
+    "webhooks": set(),
+    "events": set(),
+    "bootstrap": set(),  # the command-line tool: the database only
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
@@ -161,13 +179,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_outside_dev(self) -> Settings:
-        if self.ENV == "production":
-            if self.SESSION_SIGNING_KEY == DEV_SESSION_KEY:
-                raise ValueError("SESSION_SIGNING_KEY: the dev default is refused in production")
-            if self.LIVEKIT_API_KEY == DEV_LIVEKIT_KEY:
-                raise ValueError("LIVEKIT_API_KEY: the dev default is refused in production")
-            if self.LIVEKIT_API_SECRET == DEV_LIVEKIT_SECRET:
-                raise ValueError("LIVEKIT_API_SECRET: the dev default is refused in production")
+        """In production a process refuses the dev default of every secret it uses; each
+        Deployment mounts only those (deploy/k8s). A process not listed uses them all."""
+        if self.ENV != "production":
+            return self
+        used = SECRETS_USED.get(self.SERVICE_NAME, set(DEV_DEFAULTS))
+        for name, default in DEV_DEFAULTS.items():
+            if name in used and getattr(self, name) == default:
+                raise ValueError(f"{name}: the dev default is refused in production")
         return self
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ from services.tenant.repo import create_tenant
 
 async def _check(saved: dict[str, str]) -> bool:
     """Whether a saved {tenantId, apiKey} still authenticates against this database."""
-    settings = load_settings()
+    settings = load_settings(SERVICE_NAME="bootstrap")
     engine = create_engine(settings)
     authenticator = Authenticator(engine, settings.SESSION_SIGNING_KEY)
     try:
@@ -34,7 +34,7 @@ async def _check(saved: dict[str, str]) -> bool:
 
 
 async def _run(name: str, calls_enabled: bool) -> dict[str, str]:
-    settings = load_settings()
+    settings = load_settings(SERVICE_NAME="bootstrap")
     engine = create_engine(settings)
     try:
         await wait_for_database(engine, settings.DB_WAIT_SECONDS)

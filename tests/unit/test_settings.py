@@ -72,6 +72,38 @@ def test_unset_env_runs_as_production_and_refuses_dev_defaults(
     assert load_settings().ENV == "production"
 
 
+@pytest.mark.parametrize(
+    ("service", "refused"),
+    [
+        ("calls", "SESSION_SIGNING_KEY"),
+        ("chat", "SESSION_SIGNING_KEY"),
+        ("tenant", "SESSION_SIGNING_KEY"),
+        ("socket-bridge", "SESSION_SIGNING_KEY"),
+        ("webhooks", None),
+        ("bootstrap", None),
+    ],
+)
+def test_production_refuses_only_the_dev_secrets_a_service_uses(
+    monkeypatch: pytest.MonkeyPatch, service: str, refused: str | None
+) -> None:
+    """Each Deployment mounts only its own secrets; the others stay at their defaults."""
+    monkeypatch.setenv("ENV", "production")
+    monkeypatch.setenv("DATABASE_URL", DB)
+    if refused is None:
+        assert load_settings(SERVICE_NAME=service).ENV == "production"
+        return
+    with pytest.raises(SystemExit) as exc:
+        load_settings(SERVICE_NAME=service)
+    assert refused in str(exc.value)
+    monkeypatch.setenv("SESSION_SIGNING_KEY", "s" * 40)
+    if service in ("calls", "chat"):
+        with pytest.raises(SystemExit) as exc:
+            load_settings(SERVICE_NAME=service)
+        assert "LIVEKIT_API_KEY" in str(exc.value)
+    else:  # tenant and the bridge never touch LiveKit: its dev defaults do not matter
+        assert load_settings(SERVICE_NAME=service).ENV == "production"
+
+
 def test_missing_secret_file_is_a_clear_start_up_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
