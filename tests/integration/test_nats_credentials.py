@@ -63,13 +63,13 @@ async def test_password_from_a_file_is_used(
     secret = workdir / "password"
     secret.write_text("s3cret\n")  # as Kubernetes mounts it, trailing newline included
     monkeypatch.setenv("NATS_PASSWORD_FILE", str(secret))
-    await _publishes(load_settings(DATABASE_URL=DB, NATS_URL=url, NATS_USER="relay"))
+    await _publishes(load_settings(ENV="test", DATABASE_URL=DB, NATS_URL=url, NATS_USER="relay"))
 
 
 async def test_wrong_or_missing_credentials_are_refused(secured_nats: tuple[str, Path]) -> None:
     url, _ = secured_nats
     for extra in ({}, {"NATS_USER": "relay", "NATS_PASSWORD": "wrong"}):
-        settings = load_settings(DATABASE_URL=DB, NATS_URL=url, **extra)
+        settings = load_settings(ENV="test", DATABASE_URL=DB, NATS_URL=url, **extra)
         with pytest.raises(Exception):  # noqa: B017 - nats-py's error type varies by version
             await _publishes(settings)
 
@@ -102,7 +102,9 @@ def tls_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
 async def test_tls_with_the_configured_ca(tls_nats: tuple[str, Path]) -> None:
     url, workdir = tls_nats
     await _publishes(
-        load_settings(DATABASE_URL=DB, NATS_URL=url, NATS_TLS_CA_FILE=str(workdir / "ca.pem"))
+        load_settings(
+            ENV="test", DATABASE_URL=DB, NATS_URL=url, NATS_TLS_CA_FILE=str(workdir / "ca.pem")
+        )
     )
     with pytest.raises(Exception):  # noqa: B017 - the system CAs do not know the test CA
-        await _publishes(load_settings(DATABASE_URL=DB, NATS_URL=url))
+        await _publishes(load_settings(ENV="test", DATABASE_URL=DB, NATS_URL=url))
