@@ -445,17 +445,14 @@ async def insert_call(
     call slot was taken first (then nothing is written)."""
     call = change.call
     params = _write_params(None, change, call_pb, now)
-    params.update(_participant_params(call.participants))
+    params.update(_participant_params(call.participants), **_lifecycle(call))
     params.update(
         type=call.type,
         mode=call.mode,
-        status=call.status,
         created_by=call.created_by,
         created_at=call.created_at,
         ring_timeout_seconds=call.ring_timeout_seconds,
         livekit_room=call.livekit_room,
-        ring_deadline=call.ring_deadline,
-        media_deadline=call.media_deadline,
         custom=Jsonb(call.custom) if call.custom is not None else None,
     )
     return await (await conn.execute(INSERT_CALL, params)).fetchone() is not None
@@ -471,25 +468,17 @@ async def save(
     if not (changed or change.events or _lifecycle(call) != _lifecycle(before)):
         return
     params = _write_params(before, change, call_pb, now)
-    params.update(_participant_params(changed))
-    params.update(
-        status=call.status,
-        answered_at=call.answered_at,
-        ended_at=call.ended_at,
-        end_reason=call.end_reason,
-        ring_deadline=call.ring_deadline,
-        media_deadline=call.media_deadline,
-    )
+    params.update(_participant_params(changed), **_lifecycle(call))
     await conn.execute(SAVE, params)
 
 
-def _lifecycle(call: Call) -> tuple[Any, ...]:
+def _lifecycle(call: Call) -> dict[str, Any]:
     """The call row's columns a transition may change."""
-    return (
-        call.status,
-        call.answered_at,
-        call.ended_at,
-        call.end_reason,
-        call.ring_deadline,
-        call.media_deadline,
-    )
+    return {
+        "status": call.status,
+        "answered_at": call.answered_at,
+        "ended_at": call.ended_at,
+        "end_reason": call.end_reason,
+        "ring_deadline": call.ring_deadline,
+        "media_deadline": call.media_deadline,
+    }
