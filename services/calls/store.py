@@ -84,16 +84,29 @@ LOCK_LIVE_CALL = _LOAD.format(
     which="c0.status IN ('ringing', 'active')",
     lock="FOR UPDATE",
 )
-PARTICIPANTS = f"SELECT {_arrays('%(call)s')}"
+# The re-read after a lock wait: membership too (a member removed from the room bumps
+# the version of the room's live call: services/calls/membership.py).
+REREAD = f"""
+SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = %(room)s AND user_id = %(user)s),
+       {_arrays("%(call)s")}"""
 
-# What a start needs: policy, time, the room's members and its live call (if any).
+BUMP = "UPDATE calls SET version = version + 1 WHERE id = %(call)s"
+
+# What a start needs: policy, time, the room's members and its live call (if any), and
+# the caller's membership row share-locked: a concurrent RemoveMember (which deletes it
+# first) waits for this start to commit, then finds the call it made.
 START_CONTEXT = f"""
 SELECT now(), {_POLICY_COLUMNS},
        EXISTS (SELECT 1 FROM rooms WHERE id = %(room)s AND tenant_id = %(tenant)s),
        ARRAY(SELECT user_id FROM room_members WHERE room_id = %(room)s ORDER BY user_id),
        (SELECT c.id FROM calls c WHERE c.room_id = %(room)s AND c.tenant_id = %(tenant)s
-          AND {_LIVE})
-FROM (SELECT 1) one LEFT JOIN tenants t ON t.id = %(tenant)s"""
+          AND {_LIVE}),
+       m.member IS NOT NULL
+FROM (SELECT 1) one LEFT JOIN tenants t ON t.id = %(tenant)s
+LEFT JOIN LATERAL (
+    SELECT 1 AS member FROM room_members
+    WHERE room_id = %(room)s AND user_id = %(user)s FOR SHARE
+) m ON true"""
 
 # The outbox rows, the history message and the wake-up, shared by both writes below.
 # The NOTIFY names the relay lanes that have new rows (the database computes a row's
@@ -265,6 +278,7 @@ class StartContext:
     room_exists: bool
     members: list[str]
     live_call_id: str | None
+    is_member: bool
 
 
 # --- reads ----------------------------------------------------------------------------
@@ -282,8 +296,10 @@ async def _load(conn: AsyncConnection[Any], sql: str, **params: str) -> Loaded:
     arrays = head[_N_HEAD:]
     if call_row[0] is not None and version != seen_version:
         # We waited for the lock while a transition committed: read what it left.
-        arrays = await (await conn.execute(PARTICIPANTS, {"call": call_row[0]})).fetchone()
-        assert arrays is not None
+        reread = {"call": call_row[0], "room": params["room"], "user": params["user"]}
+        row = await (await conn.execute(REREAD, reread)).fetchone()
+        assert row is not None
+        is_member, arrays = row[0], row[1:]
     people = _people(*arrays)
     return Loaded(now, _policy(policy_row), _call(call_row, people), room_exists, is_member)
 
@@ -304,10 +320,18 @@ async def lock_live_call(
     return await _load(conn, LOCK_LIVE_CALL, tenant=tenant, room=room, user=user)
 
 
-async def start_context(conn: AsyncConnection[Any], *, tenant: str, room: str) -> StartContext:
-    row = await (await conn.execute(START_CONTEXT, {"tenant": tenant, "room": room})).fetchone()
+async def start_context(
+    conn: AsyncConnection[Any], *, tenant: str, room: str, user: str
+) -> StartContext:
+    params = {"tenant": tenant, "room": room, "user": user}
+    row = await (await conn.execute(START_CONTEXT, params)).fetchone()
     assert row is not None
-    return StartContext(row[0], _policy(row[1:5]), row[5], list(row[6]), row[7])
+    return StartContext(row[0], _policy(row[1:5]), row[5], list(row[6]), row[7], row[8])
+
+
+async def bump(conn: AsyncConnection[Any], call_id: str) -> None:
+    """Marks a locked call as changed (see REREAD) without changing anything else."""
+    await conn.execute(BUMP, {"call": call_id})
 
 
 async def lock_due(conn: AsyncConnection[Any], sql: str, limit: int) -> tuple[datetime, list[Call]]:

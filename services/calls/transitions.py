@@ -102,8 +102,8 @@ class CallTransitions:
 
     async def active(self, *, tenant: str, room: str, user: str) -> Applied | None:
         async with self.pool.connection() as conn:
-            ctx = await store.start_context(conn, tenant=tenant, room=room)
-            domain.require_member(ctx.room_exists, user in ctx.members)
+            ctx = await store.start_context(conn, tenant=tenant, room=room, user=user)
+            domain.require_member(ctx.room_exists, ctx.is_member)
             if ctx.live_call_id is None:
                 return None
             loaded = await store.load_for_update(
@@ -136,9 +136,9 @@ class CallTransitions:
         custom: dict[str, Any] | None = None,
     ) -> Applied:
         async with self.transaction() as conn:
-            ctx = await store.start_context(conn, tenant=tenant, room=room)
+            ctx = await store.start_context(conn, tenant=tenant, room=room, user=user)
             policy = self.policy(ctx.policy)
-            domain.require_member(ctx.room_exists, user in ctx.members)
+            domain.require_member(ctx.room_exists, ctx.is_member)
             live_call_id = ctx.live_call_id
             # Insert-or-join, retried: the live call we collided with may end in between.
             for _ in range(5):

@@ -149,13 +149,13 @@ class ChatService(pb_grpc.ChatServiceServicer):
         user_id = validation.user_id(request.user_id)
         async with transaction(self.engine) as conn:
             await self._room(conn, tenant_id, room_id)  # 404 before any change
+            await repo.remove_member(conn, tenant_id=tenant_id, room_id=room_id, user_id=user_id)
             # The call store speaks psycopg: the same connection, so the same transaction.
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
             left = await membership.leave_live_call(
                 raw, tenant=tenant_id, room=room_id, user=user_id
             )
-            await repo.remove_member(conn, tenant_id=tenant_id, room_id=room_id, user_id=user_id)
             room = await self._room(conn, tenant_id, room_id)
         if left is not None:  # after commit (an ended call's media room goes by the calls
             for kicked in left.kicked:  # service's clean-up sweep)

@@ -136,3 +136,26 @@ async def test_a_transition_that_waited_for_the_lock_sees_the_committed_state(
     with pytest.raises(ServiceError) as refused:
         await waiting
     assert refused.value.reason == "CALL_FULL"  # carol's join was seen: the cap holds
+
+
+async def test_a_join_that_waited_for_the_lock_sees_a_membership_removed_meanwhile(
+    calls: CallTransitions, tenant: Tenant, stack: Stack
+) -> None:
+    """RemoveMember deletes the membership and moves the live call's version on under
+    its lock: a join waiting for that lock reads the membership again and is refused."""
+    room = tenant.room("alice", "bob", "carol")
+    ids = {"tenant": tenant.tenant_id, "room": room}
+    call = (await calls.start(**ids, user="alice", call_type=None)).call.id
+    async with await AsyncConnection.connect(stack.database_url) as other:
+        await other.execute("SELECT 1 FROM calls WHERE id = %s FOR UPDATE", (call,))
+        waiting = asyncio.create_task(calls.accept(**ids, call=call, user="carol"))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        await other.execute(
+            "DELETE FROM room_members WHERE room_id = %s AND user_id = 'carol'", (room,)
+        )
+        await other.execute("UPDATE calls SET version = version + 1 WHERE id = %s", (call,))
+        await other.commit()
+    with pytest.raises(ServiceError) as refused:
+        await waiting
+    assert refused.value.reason == "NOT_ROOM_MEMBER"
