@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
+from aiohttp import web
 
 from devstack.procs import ROOT
 from tests.stack import Stack, new_workdir
@@ -96,6 +97,28 @@ def error_reason(reply: httpx.Response) -> str:
     ]
     assert len(infos) == 1, body
     return str(infos[0]["reason"])
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[int, list[str]]]:
+    """A local HTTP server recording the paths POSTed to it: (its port, the paths)."""
+    hits: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield port, hits
+    finally:
+        await runner.cleanup()
 
 
 _exit_status = 0

@@ -4,13 +4,12 @@ again at send time (the dispatcher's own code, guard on and off, on one receiver
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import httpx
 import pytest
-from aiohttp import web
 from sqlalchemy import insert, select
 
 from services.common.db import create_engine
@@ -60,26 +59,6 @@ def test_put_refuses_non_public_targets_and_sets_nothing(
 def test_the_shared_stack_allows_local_receivers(tenant: Tenant) -> None:
     with tenant.api() as api:
         assert api.put(WEBHOOK, json={"url": "http://127.0.0.1:9/hooks"}).status_code == 200
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[int, list[str]]]:
-    hits: list[str] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        hits.append(request.path)
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield site._server.sockets[0].getsockname()[1], hits  # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])

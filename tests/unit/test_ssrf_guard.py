@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from services.webhooks import ssrf_guard
@@ -91,28 +89,6 @@ async def test_put_check_refuses_names_resolving_to_private_addresses() -> None:
             await ssrf_guard.check_url(url, dns)
     with pytest.raises(ssrf_guard.TargetNotAllowed, match="loopback"):
         await ssrf_guard.check_url("http://localhost:9901/quitquitquit")  # the real resolver
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[int, list[str]]]:
-    """A local HTTP server recording the paths it was sent."""
-    hits: list[str] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        hits.append(request.path)
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield port, hits
-    finally:
-        await runner.cleanup()
 
 
 async def test_delivery_connects_only_to_the_addresses_vetted_at_connect_time(
