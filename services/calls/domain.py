@@ -63,9 +63,6 @@ class Call:
     def participant(self, user_id: str) -> Participant | None:
         return next((p for p in self.participants if p.user_id == user_id), None)
 
-    def user_ids(self) -> list[str]:
-        return [p.user_id for p in self.participants]
-
     def audience(self) -> tuple[str, ...]:
         """Who receives the call's events: every participant but those removed from it."""
         return tuple(p.user_id for p in self.participants if p.state != "removed")

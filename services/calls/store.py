@@ -95,7 +95,7 @@ BUMP = "UPDATE calls SET version = version + 1 WHERE id = %(call)s"
 # What a start needs: policy, time, the room's members and its live call (if any), and
 # the caller's membership row share-locked: a concurrent RemoveMember (which deletes it
 # first) waits for this start to commit, then finds the call it made.
-START_CONTEXT = f"""
+_START_CONTEXT = f"""
 SELECT now(), {_POLICY_COLUMNS},
        EXISTS (SELECT 1 FROM rooms WHERE id = %(room)s AND tenant_id = %(tenant)s),
        ARRAY(SELECT user_id FROM room_members WHERE room_id = %(room)s ORDER BY user_id),
@@ -105,8 +105,11 @@ SELECT now(), {_POLICY_COLUMNS},
 FROM (SELECT 1) one LEFT JOIN tenants t ON t.id = %(tenant)s
 LEFT JOIN LATERAL (
     SELECT 1 AS member FROM room_members
-    WHERE room_id = %(room)s AND user_id = %(user)s FOR SHARE
+    WHERE room_id = %(room)s AND user_id = %(user)s {{lock}}
 ) m ON true"""
+START_CONTEXT = _START_CONTEXT.replace("{lock}", "FOR SHARE")
+# The same for a read (GET active): no row lock, which would be a write.
+READ_START_CONTEXT = _START_CONTEXT.replace("{lock}", "")
 
 # The outbox rows, the history message and the wake-up, shared by both writes below.
 # The NOTIFY names the relay lanes that have new rows (the database computes a row's
@@ -321,10 +324,11 @@ async def lock_live_call(
 
 
 async def start_context(
-    conn: AsyncConnection[Any], *, tenant: str, room: str, user: str
+    conn: AsyncConnection[Any], *, tenant: str, room: str, user: str, lock: bool = True
 ) -> StartContext:
     params = {"tenant": tenant, "room": room, "user": user}
-    row = await (await conn.execute(START_CONTEXT, params)).fetchone()
+    sql = START_CONTEXT if lock else READ_START_CONTEXT
+    row = await (await conn.execute(sql, params)).fetchone()
     assert row is not None
     return StartContext(row[0], _policy(row[1:5]), row[5], list(row[6]), row[7], row[8])
 

@@ -102,7 +102,7 @@ class CallTransitions:
 
     async def active(self, *, tenant: str, room: str, user: str) -> Applied | None:
         async with self.pool.connection() as conn:
-            ctx = await store.start_context(conn, tenant=tenant, room=room, user=user)
+            ctx = await store.start_context(conn, tenant=tenant, room=room, user=user, lock=False)
             domain.require_member(ctx.room_exists, ctx.is_member)
             if ctx.live_call_id is None:
                 return None
