@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     Computed,
     DateTime,
@@ -56,6 +57,9 @@ def _ts(nullable: bool = False, default_now: bool = False) -> Any:
 
 class Tenant(SQLModel, table=True):
     __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("busy_policy IN ('ring', 'reject')", name="ck_tenants_busy_policy"),
+    )
 
     id: str = Field(primary_key=True)
     name: str
@@ -64,6 +68,10 @@ class Tenant(SQLModel, table=True):
     max_participants: int = 8
     ring_timeout_seconds: int = 45
     default_type: str = "video"
+    # A 1:1 callee already joined in another live call: "ring" (call waiting) or "reject".
+    busy_policy: str = Field(
+        default="ring", sa_column=Column(String, nullable=False, server_default="ring")
+    )
 
 
 class ApiKey(SQLModel, table=True):
@@ -181,14 +189,23 @@ class Call(SQLModel, table=True):
 
 class CallParticipant(SQLModel, table=True):
     __tablename__ = "call_participants"
+    __table_args__ = (
+        Index(
+            "ix_call_participants_ring_deadline",
+            "ring_deadline",
+            postgresql_where=text("ring_deadline IS NOT NULL"),
+        ),
+    )
 
     call_id: str = Field(sa_column=Column(String, ForeignKey("calls.id"), primary_key=True))
     user_id: str = Field(primary_key=True, index=True)
     tenant_id: str
-    state: str  # invited | joined | declined | left | removed
+    state: str  # invited | joined | declined | left | missed | removed
     joined_at: datetime | None = _ts(nullable=True)
     left_at: datetime | None = _ts(nullable=True)
     ever_joined: bool = False
+    # Set while this participant's devices ring (cleared when the ring stops).
+    ring_deadline: datetime | None = _ts(nullable=True)
 
 
 class OutboxEvent(SQLModel, table=True):
