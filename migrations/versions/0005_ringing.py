@@ -28,6 +28,13 @@ def upgrade() -> None:
         ["ring_deadline"],
         postgresql_where=sa.text("ring_deadline IS NOT NULL"),
     )
+    # Who is in a call now (the busy check): joined rows are those of live calls only.
+    op.create_index(
+        "ix_call_participants_joined",
+        "call_participants",
+        ["tenant_id", "user_id"],
+        postgresql_where=sa.text("state = 'joined'"),
+    )
     # Invitations of live calls made before this revision ring for the call's window.
     op.execute(
         """
@@ -50,5 +57,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_constraint("ck_tenants_busy_policy", "tenants")
     op.drop_column("tenants", "busy_policy")
+    op.drop_index("ix_call_participants_joined", table_name="call_participants")
     op.drop_index("ix_call_participants_ring_deadline", table_name="call_participants")
     op.drop_column("call_participants", "ring_deadline")

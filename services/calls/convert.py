@@ -29,10 +29,9 @@ def call_to_pb(call: Call) -> pb.Call:
         created_at=timestamp(call.created_at),
         answered_at=timestamp(call.answered_at),
         ended_at=timestamp(call.ended_at),
+        end_reason=call.end_reason,  # the enum's value names are the reasons
         ring_timeout_seconds=call.ring_timeout_seconds,
     )
-    if call.end_reason:
-        message.end_reason = call.end_reason
     if call.custom is not None:
         message.custom.update(call.custom)
     for p in call.participants:

@@ -9,7 +9,7 @@ a `Change`: the call as it is afterwards plus the events to emit. A refusal rais
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -19,13 +19,23 @@ from services.events import types as events
 
 Status = Literal["ringing", "active", "ended"]
 Mode = Literal["direct", "group"]
-State = Literal["invited", "joined", "declined", "left", "removed"]
+State = Literal["invited", "joined", "declined", "left", "missed", "removed"]
 
 LIVE: tuple[Status, ...] = ("ringing", "active")
 # Reasons a caller may give when ending a ringing 1:1 call.
 CALLER_END_REASONS = ("cancelled", "no_answer")
 
 COMPLETED, MISSED, DECLINED = "completed", "missed", "declined"
+
+# Why a user's ring stopped (call.ring_stopped), for an end reason of the call.
+_RING_STOP = {
+    "declined": "declined",
+    "cancelled": "cancelled",
+    "no_answer": "cancelled",
+    "timeout": "timeout",
+    "busy": "busy",
+}
+RING_AGAIN_MAX = 100  # users per ring-again request
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,12 @@ class Participant:
     joined_at: datetime | None = None
     left_at: datetime | None = None
     ever_joined: bool = False
+    # While this user's devices ring: when the ring stops unless answered.
+    ring_deadline: datetime | None = None
+
+    @property
+    def ringing(self) -> bool:
+        return self.state == "invited" and self.ring_deadline is not None
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,10 @@ class Call:
     def joined(self) -> list[str]:
         return [p.user_id for p in self.participants if p.state == "joined"]
 
+    def ringing(self) -> tuple[str, ...]:
+        """Users whose devices ring for this call now."""
+        return tuple(p.user_id for p in self.participants if p.ringing)
+
     @property
     def live(self) -> bool:
         return self.status != "ended"
@@ -85,6 +105,8 @@ class CallPolicy:
     default_type: str
     # How long a live call may go with nobody in its media room (CALL_MEDIA_GRACE_SECONDS).
     media_grace: timedelta = timedelta(seconds=60)
+    # A 1:1 callee already joined in another live call: "ring" (call waiting) or "reject".
+    busy_policy: str = "ring"
 
 
 @dataclass(frozen=True)
@@ -104,6 +126,8 @@ class Event:
     actor: str  # the user whose action or state the event is about ("" for the tenant)
     recipients: tuple[str, ...]  # users whose sockets receive it
     reason: str | None = None
+    # call.invite: the recipients' ring deadline (their ring tokens expire with it).
+    ring_until: datetime | None = None
 
 
 @dataclass
@@ -163,15 +187,20 @@ def _not_removed(call: Call, user_id: str) -> None:
 # --- small state edits ------------------------------------------------------------------
 
 
-def _set(call: Call, user_id: str, state: State, now: datetime) -> Call:
-    """The call with one participant moved to `state` (added when new, e.g. a late member)."""
+def _set(
+    call: Call, user_id: str, state: State, now: datetime, ring_until: datetime | None = None
+) -> Call:
+    """The call with one participant moved to `state` (added when new, e.g. a late member).
+    Any state change stops the user's ring, except to `invited` until `ring_until`."""
     old = call.participant(user_id) or Participant(user_id, "invited")
     if state == "joined":
-        new = replace(old, state=state, joined_at=now, left_at=None, ever_joined=True)
+        new = replace(
+            old, state=state, joined_at=now, left_at=None, ever_joined=True, ring_deadline=None
+        )
     elif state == "left" or (state == "removed" and old.state == "joined"):
-        new = replace(old, state=state, left_at=now)
+        new = replace(old, state=state, left_at=now, ring_deadline=None)
     else:
-        new = replace(old, state=state)
+        new = replace(old, state=state, ring_deadline=ring_until)
     rest = [p for p in call.participants if p.user_id != user_id]
     return replace(call, participants=tuple(sorted([*rest, new], key=lambda p: p.user_id)))
 
@@ -183,12 +212,26 @@ def outcome(call: Call) -> str:
     return COMPLETED if call.answered_at is not None else MISSED
 
 
+def _ring_stopped(users: Sequence[str], reason: str, actor: str) -> list[Event]:
+    """call.ring_stopped to the users whose ring stopped (none: no event)."""
+    return [Event(events.RING_STOPPED, actor, tuple(users), reason=reason)] if users else []
+
+
 def _finish(
-    call: Call, reason: str, actor: str, now: datetime, events_before: Sequence[Event] = ()
+    call: Call,
+    reason: str,
+    actor: str,
+    now: datetime,
+    events_before: Sequence[Event] = (),
+    stopped: Sequence[str] | None = None,
 ) -> Change:
-    """Ends the call for everyone: every joined participant leaves, history is written."""
+    """Ends the call for everyone: every joined participant leaves, every ring stops (the
+    users of `stopped`, by default those still ringing), history is written."""
+    stopped = call.ringing() if stopped is None else stopped
     people = tuple(
-        replace(p, state="left", left_at=now) if p.state == "joined" else p
+        replace(p, state="left", left_at=now, ring_deadline=None)
+        if p.state == "joined"
+        else replace(p, ring_deadline=None)
         for p in call.participants
     )
     ended = replace(
@@ -201,7 +244,7 @@ def _finish(
         participants=people,
     )
     everyone = ended.audience()
-    emitted = list(events_before)
+    emitted = [*events_before, *_ring_stopped(stopped, _RING_STOP.get(reason, "ended"), actor)]
     if reason == "declined":
         emitted.append(Event(events.DECLINED, actor, everyone))
     if outcome(ended) == MISSED:
@@ -224,15 +267,20 @@ def new_call(
     policy: CallPolicy,
     now: datetime,
     custom: dict[str, Any] | None = None,
+    callee_busy: bool = False,
 ) -> Change:
-    """A call in a room with no live call: 1:1 rings, a group is active at once."""
+    """A call in a room with no live call: 1:1 rings, a group is active at once.
+
+    `callee_busy`: the 1:1 callee is joined in another live call (looked up under the
+    tenant's "reject" busy policy only); then the call ends at once as `busy`."""
     if len(members) < 2:
         raise conflict("ROOM_TOO_SMALL", "a call needs a room with at least two members")
     direct = len(members) == 2
     others = tuple(m for m in members if m != user_id)
+    ring_until = now + timedelta(seconds=policy.ring_timeout_seconds)
     people = sorted(
         [Participant(user_id, "joined", joined_at=now, ever_joined=True)]
-        + [Participant(u, "invited") for u in others],
+        + [Participant(u, "invited", ring_deadline=ring_until) for u in others],
         key=lambda p: p.user_id,
     )
     call = Call(
@@ -245,16 +293,29 @@ def new_call(
         created_by=user_id,
         created_at=now,
         ring_timeout_seconds=policy.ring_timeout_seconds,
-        ring_deadline=now + timedelta(seconds=policy.ring_timeout_seconds) if direct else None,
+        ring_deadline=ring_until if direct else None,
         media_deadline=None if direct else now + policy.media_grace,
         custom=custom,
         livekit_room=call_id,  # one LiveKit room per call, never reused
         participants=tuple(people),
     )
-    return Change(
-        call,
-        [Event(events.STARTED, user_id, ()), Event(events.INVITE, user_id, others)],
-    )
+    started = Event(events.STARTED, user_id, ())
+    if direct and callee_busy and policy.busy_policy == "reject":
+        return _busy(call, started, now)
+    return Change(call, [started, Event(events.INVITE, user_id, others, ring_until=ring_until)])
+
+
+def _busy(call: Call, started: Event, now: datetime) -> Change:
+    """A 1:1 call whose callee is in another call (busy policy "reject"): over before it
+    rings. The caller's devices hear it ended, the callee's that they missed it."""
+    caller = call.created_by
+    [callee] = [p.user_id for p in call.participants if p.user_id != caller]
+    change = _finish(call, "busy", caller, now)
+    audience = {events.ENDED: (caller,), events.MISSED: (callee,)}
+    change.events = [started] + [
+        replace(e, recipients=audience.get(e.type, e.recipients)) for e in change.events
+    ]
+    return change
 
 
 def join_live(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
@@ -283,7 +344,13 @@ def _answer(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Chan
         media_deadline=now + policy.media_grace,
     )
     answered = _set(active, user_id, "joined", now)
-    return Change(answered, [Event(events.ACCEPTED, user_id, answered.audience())])
+    return Change(
+        answered,
+        [
+            Event(events.ACCEPTED, user_id, answered.audience()),
+            *_ring_stopped(call.ringing(), "accepted", user_id),
+        ],
+    )
 
 
 def _join(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
@@ -299,7 +366,14 @@ def _join(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change
     joined = _set(call, user_id, "joined", now)
     if joined.answered_at is None and user_id != call.created_by:
         joined = replace(joined, answered_at=now)
-    return Change(joined, [Event(events.PARTICIPANT_JOINED, user_id, joined.audience())])
+    was_ringing = participant is not None and participant.ringing
+    return Change(
+        joined,
+        [
+            Event(events.PARTICIPANT_JOINED, user_id, joined.audience()),
+            *_ring_stopped((user_id,) if was_ringing else (), "accepted", user_id),
+        ],
+    )
 
 
 def accept(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
@@ -324,12 +398,24 @@ def decline(call: Call, user_id: str, now: datetime) -> Change:
             raise _not_participant()
         if call.status != "ringing":
             raise conflict("CALL_NOT_RINGING", "the call was already answered; end it instead")
-        return _finish(_set(call, user_id, "declined", now), "declined", user_id, now)
+        return _decline_direct(call, user_id, now)
     # Group: only this user's invitation; their other devices stop ringing.
     if participant is not None and participant.state == "joined":
         raise conflict("ALREADY_JOINED", "you are in this call; leave it instead")
     declined = _set(call, user_id, "declined", now) if participant is not None else call
-    return Change(declined, [Event(events.DECLINED, user_id, (user_id,))])
+    was_ringing = participant is not None and participant.ringing
+    return Change(
+        declined,
+        [
+            Event(events.DECLINED, user_id, (user_id,)),
+            *_ring_stopped((user_id,) if was_ringing else (), "declined", user_id),
+        ],
+    )
+
+
+def _decline_direct(call: Call, user_id: str, now: datetime) -> Change:
+    declined = _set(call, user_id, "declined", now)
+    return _finish(declined, "declined", user_id, now, stopped=call.ringing())
 
 
 def end_by_host(call: Call, now: datetime) -> Change:
@@ -348,7 +434,7 @@ def end(call: Call, user_id: str, reason: str | None, now: datetime) -> Change:
         raise forbidden("NOT_CALL_PARTICIPANT", "you are not in this call")
     if call.status == "ringing":
         if user_id != call.created_by:  # the callee hanging up a ringing call declines it
-            return _finish(_set(call, user_id, "declined", now), "declined", user_id, now)
+            return _decline_direct(call, user_id, now)
         return _finish(call, reason or "cancelled", user_id, now)
     return _finish(call, "hangup", user_id, now)
 
@@ -373,6 +459,46 @@ def _leave(call: Call, user_id: str, now: datetime) -> Change:
 def expire(call: Call, now: datetime) -> Change:
     """The ring deadline passed with nobody answering."""
     return _finish(call, "timeout", call.created_by, now)
+
+
+def ring_timeouts(call: Call, now: datetime) -> Change:
+    """Group invitations whose ring window passed: `missed`, and their devices stop."""
+    due = tuple(
+        p.user_id
+        for p in call.participants
+        if p.ringing and p.ring_deadline is not None and p.ring_deadline <= now
+    )
+    if call.status != "active" or not due:
+        return Change(call)
+    missed = call
+    for user_id in due:
+        missed = _set(missed, user_id, "missed", now)
+    return Change(missed, _ring_stopped(due, "timeout", call.created_by))
+
+
+def ring_again(
+    call: Call, user_id: str, targets: Sequence[str], members: Collection[str], now: datetime
+) -> Change:
+    """A participant of a group call rings room members who are not in it again: each
+    gets a fresh call.invite and ring window. All or nothing: one bad target refuses all."""
+    if call.mode == "direct":
+        raise conflict("NOT_GROUP_CALL", "only the members of a group call can be rung again")
+    me = call.participant(user_id)
+    if me is None or me.state != "joined":
+        raise forbidden("NOT_CALL_PARTICIPANT", "only a participant in the call can ring others")
+    for target in targets:
+        if target not in members:
+            raise forbidden("NOT_ROOM_MEMBER", f"'{target}' is not a member of this room")
+        participant = call.participant(target)
+        if participant is not None and participant.state == "removed":
+            raise forbidden("REMOVED_FROM_CALL", f"'{target}' was removed from this call")
+        if participant is not None and participant.state == "joined":
+            raise conflict("ALREADY_JOINED", f"'{target}' is in the call")
+    ring_until = now + timedelta(seconds=call.ring_timeout_seconds)
+    rung = call
+    for target in targets:
+        rung = _set(rung, target, "invited", now, ring_until=ring_until)
+    return Change(rung, [Event(events.INVITE, user_id, tuple(targets), ring_until=ring_until)])
 
 
 def media_left(call: Call, user_id: str, session_started: datetime | None, now: datetime) -> Change:
@@ -457,15 +583,18 @@ def remove(call: Call, actor: Actor, user_id: str, now: datetime) -> Change:
     if participant.state == "removed":
         return Change(call)  # idempotent
     by = actor.user_id or ""
-    if call.mode == "direct":  # a 1:1 call cannot go on without one side
-        return _finish(_set(call, user_id, "removed", now), "ended_by_host", by, now)
     removed = _set(call, user_id, "removed", now)
+    if call.mode == "direct":  # a 1:1 call cannot go on without one side
+        return _finish(removed, "ended_by_host", by, now, stopped=call.ringing())
     # The removed user's devices hear it too (and nothing of the call after it).
     audience = tuple(sorted({*removed.audience(), user_id}))
-    event = Event(events.PARTICIPANT_LEFT, user_id, audience, reason="removed")
+    gone = [
+        Event(events.PARTICIPANT_LEFT, user_id, audience, reason="removed"),
+        *_ring_stopped((user_id,) if participant.ringing else (), "ended", by),
+    ]
     if not removed.joined():
-        return _finish(removed, "all_left", by, now, events_before=[event])
-    return Change(removed, [event], kicked=[user_id])
+        return _finish(removed, "all_left", by, now, events_before=gone)
+    return Change(removed, gone, kicked=[user_id])
 
 
 def mute_target(call: Call, actor: Actor, user_id: str) -> Participant:
@@ -485,8 +614,12 @@ def member_removed(call: Call, user_id: str, now: datetime) -> Change:
         return Change(call)
     gone = _set(call, user_id, "removed", now)
     if call.mode == "direct":  # a 1:1 call cannot go on without one side
-        return _finish(gone, "cancelled" if call.status == "ringing" else "hangup", user_id, now)
-    event = Event(events.PARTICIPANT_LEFT, user_id, gone.audience(), reason="removed")
+        reason = "cancelled" if call.status == "ringing" else "hangup"
+        return _finish(gone, reason, user_id, now, stopped=call.ringing())
+    left = [
+        Event(events.PARTICIPANT_LEFT, user_id, gone.audience(), reason="removed"),
+        *_ring_stopped((user_id,) if participant.ringing else (), "ended", user_id),
+    ]
     if not gone.joined():
-        return _finish(gone, "all_left", user_id, now, events_before=[event])
-    return Change(gone, [event], kicked=[user_id] if participant.state == "joined" else [])
+        return _finish(gone, "all_left", user_id, now, events_before=left)
+    return Change(gone, left, kicked=[user_id] if participant.state == "joined" else [])

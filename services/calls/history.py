@@ -20,7 +20,7 @@ def record(call: Call) -> chat_pb2.CallRecord:
         type=call.type,
         mode=call.mode,
         outcome=outcome(call),
-        end_reason=call.end_reason or "",
+        end_reason=call.end_reason,
         initiator=call.created_by,
         participants=[p.user_id for p in call.participants if p.ever_joined],
         started_at=timestamp(call.created_at),

@@ -14,12 +14,13 @@ from sendsar.calls.v1 import calls_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.calls import sweeps
-from services.calls.domain import Actor
+from services.calls.domain import RING_AGAIN_MAX, Actor
 from services.calls.media import Media
 from services.calls.transitions import Applied, CallTransitions
 from services.common import validation
-from services.common.auth import Kind, Policy, current_principal
+from services.common.auth import Kind, Policy, RingTokens, current_principal
 from services.common.db import connect_params
+from services.common.errors import unauthenticated
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
 from services.events.relay import relay_jobs
@@ -27,11 +28,13 @@ from services.events.relay import relay_jobs
 POLICIES = {
     "GetActiveCall": Policy.SESSION,
     "StartCall": Policy.SESSION,
-    "AcceptCall": Policy.SESSION,
-    "DeclineCall": Policy.SESSION,
+    "AcceptCall": Policy.ANSWER,  # a session, or the ring token of this call (VoIP push)
+    "DeclineCall": Policy.ANSWER,
     "EndCall": Policy.ANY,  # the API key ends any call as ended_by_host
     "LeaveCall": Policy.SESSION,
     "RefreshToken": Policy.SESSION,
+    "ListRingingCalls": Policy.SESSION,
+    "RingCall": Policy.SESSION,
     "RemoveParticipant": Policy.ANY,  # a group call's creator, or the API key
     "MuteParticipant": Policy.ANY,
     "HandleLivekitWebhook": Policy.PUBLIC,  # LiveKit's signature is checked by the handler
@@ -47,6 +50,9 @@ def _caller(request: Any, with_call: bool = True) -> dict[str, str]:
     }
     if with_call:
         ids["call"] = validation.resource_id(request.call_id, "callId")
+    if principal.kind is Kind.RING and ids.get("call") != principal.call_id:
+        # A ring token answers the one call it names: anything else, as if it were absent.
+        raise unauthenticated("this ring token is for another call")
     return ids
 
 
@@ -115,6 +121,19 @@ class CallService(pb_grpc.CallServiceServicer):
             applied = await self.calls.end(**ids, user=actor.user_id or "", reason=reason)
         return pb.EndCallResponse(call=applied.message)
 
+    async def ListRingingCalls(
+        self, request: pb.ListRingingCallsRequest, context: Any
+    ) -> pb.ListRingingCallsResponse:
+        principal = current_principal()
+        found = await self.calls.ringing(tenant=principal.tenant_id, user=principal.require_user())
+        return pb.ListRingingCallsResponse(calls=[a.message for a in found])
+
+    async def RingCall(self, request: pb.RingCallRequest, context: Any) -> pb.RingCallResponse:
+        ids = _caller(request)
+        targets = validation.user_ids(request.user_ids, "userIds", most=RING_AGAIN_MAX)
+        applied = await self.calls.ring_again(**ids, targets=targets)
+        return pb.RingCallResponse(call=applied.message)
+
     async def RemoveParticipant(
         self, request: pb.RemoveParticipantRequest, context: Any
     ) -> pb.RemoveParticipantResponse:
@@ -174,7 +193,12 @@ async def open_pool(settings: Settings) -> AsyncConnectionPool[AsyncConnection[A
 async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     media = Media(settings)
     pool = await open_pool(settings)
-    calls = CallTransitions(pool, media, timedelta(seconds=settings.CALL_MEDIA_GRACE_SECONDS))
+    calls = CallTransitions(
+        pool,
+        media,
+        RingTokens(settings.SESSION_SIGNING_KEY),
+        timedelta(seconds=settings.CALL_MEDIA_GRACE_SECONDS),
+    )
     relay = relay_jobs(settings)  # the outbox relay runs in every calls replica
     servicer = CallService(calls, media, settings)
 
@@ -182,9 +206,7 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
         pb_grpc.add_CallServiceServicer_to_server(servicer, server)
 
     async def ring_timeouts() -> None:
-        await sweeps.every(
-            settings.RING_SWEEP_INTERVAL_SECONDS, lambda: sweeps.expire_ringing(calls)
-        )
+        await sweeps.every(settings.RING_SWEEP_INTERVAL_SECONDS, lambda: sweeps.stop_rings(calls))
 
     async def silent_calls() -> None:
         await sweeps.every(1.0, lambda: sweeps.end_silent_calls(calls))

@@ -17,7 +17,7 @@ waited for the lock began before the previous holder committed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,7 +29,7 @@ from sendsar.calls.v1 import events_pb2
 from services.calls import history
 from services.calls.domain import Call, CallPolicy, Change, Event, Participant
 from services.common.models import new_id
-from services.events.types import NOTIFY_CHANNEL, subject
+from services.events.types import NOTIFY_CHANNEL, RING_STOPPED, subject
 
 # Socket recipients per outbox message: an event to a huge room is split so that no
 # message comes near NATS's payload limit (each part reaches its own recipients).
@@ -41,7 +41,10 @@ _CALL_COLUMNS = (
     " c.ring_deadline, c.media_deadline, c.custom"
 )
 _N_CALL = 16
-_POLICY_COLUMNS = "t.calls_enabled, t.max_participants, t.ring_timeout_seconds, t.default_type"
+_POLICY_COLUMNS = (
+    "t.calls_enabled, t.max_participants, t.ring_timeout_seconds, t.default_type, t.busy_policy"
+)
+_N_POLICY = 5
 _LIVE = "c.status IN ('ringing', 'active')"
 
 # One statement loads a transition's state: the transaction's time, the tenant's policy,
@@ -63,14 +66,17 @@ LEFT JOIN LATERAL (
     SELECT * FROM calls c0 WHERE c0.tenant_id = %(tenant)s AND c0.room_id = %(room)s
       AND {{which}} {{lock}}
 ) c ON true"""
-_N_HEAD = 5 + _N_CALL + 4
+_N_HEAD = 1 + _N_POLICY + _N_CALL + 4
+
+
+_PARTICIPANT_COLUMNS = ("user_id", "state", "joined_at", "left_at", "ever_joined", "ring_deadline")
 
 
 def _arrays(call_id: str) -> str:
     return ", ".join(
         f"ARRAY(SELECT p.{col} FROM call_participants p WHERE p.call_id = {call_id}"
         " ORDER BY p.user_id)"
-        for col in ("user_id", "state", "joined_at", "left_at", "ever_joined")
+        for col in _PARTICIPANT_COLUMNS
     )
 
 
@@ -91,6 +97,31 @@ SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = %(room)s AND user_id =
        {_arrays("%(call)s")}"""
 
 BUMP = "UPDATE calls SET version = version + 1 WHERE id = %(call)s"
+
+# Per-user transaction locks serialize "is this user in a call?" (the busy check) with
+# every write that puts a user in one. Keys in one order, so two holders never wait on
+# each other; the two-int key space is apart from the single-key locks used elsewhere.
+USER_LOCK_CLASS = 7272
+_USER_LOCKS = f"""
+SELECT count(pg_advisory_xact_lock({USER_LOCK_CLASS}, k)) FROM (
+    SELECT DISTINCT hashtext(%(tenant)s || '/' || u) AS k
+    FROM unnest(%(lock_users)s::text[]) u ORDER BY 1
+) keys"""
+LOCK_USERS = _USER_LOCKS
+
+# Whether a user is joined in a live call of another room. Run after LOCK_USERS, in a
+# statement of its own: it must see what the lock's previous holders committed.
+BUSY = """
+SELECT EXISTS (
+    SELECT 1 FROM call_participants p JOIN calls c ON c.id = p.call_id
+    WHERE p.tenant_id = %(tenant)s AND p.user_id = %(user)s AND p.state = 'joined'
+      AND c.status IN ('ringing', 'active') AND c.room_id <> %(room)s
+)"""
+
+# Which of some users are members of the room (ring again), after the call's lock.
+MEMBERS_AMONG = """
+SELECT ARRAY(SELECT user_id FROM room_members
+             WHERE room_id = %(room)s AND user_id = ANY(%(users)s::text[]))"""
 
 # What a start needs: policy, time, the room's members and its live call (if any), and
 # the caller's membership row share-locked: a concurrent RemoveMember (which deletes it
@@ -127,6 +158,8 @@ h AS (
     SELECT %(h_id)s, %(tenant)s, %(room)s, %(h_sender)s, %(h_parts)s, %(id)s
     WHERE %(h_write)s
     ON CONFLICT (call_id) DO NOTHING
+),
+u AS ({user_locks}
 )"""
 
 # A new live call with its participants and events; nothing at all when another live
@@ -145,14 +178,16 @@ WITH c AS (
 ),
 p AS (
     INSERT INTO call_participants (call_id, tenant_id, user_id, state, joined_at, left_at,
-                                   ever_joined)
+                                   ever_joined, ring_deadline)
     SELECT c.id, %(tenant)s, p.* FROM c, unnest(%(p_user)s::text[], %(p_state)s::text[],
-        %(p_joined)s::timestamptz[], %(p_left)s::timestamptz[], %(p_ever)s::boolean[]) AS p
+        %(p_joined)s::timestamptz[], %(p_left)s::timestamptz[], %(p_ever)s::boolean[],
+        %(p_ring)s::timestamptz[]) AS p
 ),"""
-    + _WRITE_TAIL.format(gate=", c")
+    + _WRITE_TAIL.format(gate=", c", user_locks=_USER_LOCKS)
     + f"""
 SELECT id, (SELECT pg_notify('{NOTIFY_CHANNEL}', string_agg(DISTINCT lane::text, ','))
-            FROM o)
+            FROM o),
+       (SELECT * FROM u)
 FROM c"""
 )
 
@@ -169,18 +204,20 @@ WITH c AS (
 ),
 p AS (
     INSERT INTO call_participants (call_id, tenant_id, user_id, state, joined_at, left_at,
-                                   ever_joined)
+                                   ever_joined, ring_deadline)
     SELECT %(id)s, %(tenant)s, p.* FROM unnest(%(p_user)s::text[], %(p_state)s::text[],
-        %(p_joined)s::timestamptz[], %(p_left)s::timestamptz[], %(p_ever)s::boolean[]) AS p
+        %(p_joined)s::timestamptz[], %(p_left)s::timestamptz[], %(p_ever)s::boolean[],
+        %(p_ring)s::timestamptz[]) AS p
     ON CONFLICT (call_id, user_id) DO UPDATE SET state = excluded.state,
         joined_at = excluded.joined_at, left_at = excluded.left_at,
-        ever_joined = excluded.ever_joined
+        ever_joined = excluded.ever_joined, ring_deadline = excluded.ring_deadline
 ),"""
-    + _WRITE_TAIL.format(gate="")
+    + _WRITE_TAIL.format(gate="", user_locks=_USER_LOCKS)
     + f"""
-SELECT pg_notify('{NOTIFY_CHANNEL}', lanes)
-FROM (SELECT string_agg(DISTINCT lane::text, ',') AS lanes FROM o) changed
-WHERE lanes IS NOT NULL"""
+SELECT (SELECT * FROM u),
+       (SELECT pg_notify('{NOTIFY_CHANNEL}', lanes)
+        FROM (SELECT string_agg(DISTINCT lane::text, ',') AS lanes FROM o) changed
+        WHERE lanes IS NOT NULL)"""
 )
 
 _DUE = f"""
@@ -190,6 +227,13 @@ ORDER BY c.{{deadline}} LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED"""
 DUE_RINGING = _DUE.format(status="ringing", deadline="ring_deadline")
 DUE_NO_MEDIA = _DUE.format(status="active", deadline="media_deadline")
+# Group calls with invitations whose ring window passed.
+DUE_INVITES = f"""
+SELECT now(), {_CALL_COLUMNS} FROM calls c
+WHERE c.status = 'active' AND c.id IN (
+    SELECT p.call_id FROM call_participants p WHERE p.ring_deadline <= now())
+ORDER BY c.created_at LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED"""
 
 # Active calls for reconciliation with LiveKit, oldest first; SKIP LOCKED: a call in a
 # transition now is looked at next round.
@@ -203,18 +247,20 @@ LOCK_BY_MEDIA_ROOM = f"""
 SELECT now(), {_CALL_COLUMNS} FROM calls c WHERE c.livekit_room = %(livekit_room)s
 FOR UPDATE"""
 
-PARTICIPANTS_OF = """
-SELECT call_id, user_id, state, joined_at, left_at, ever_joined
+PARTICIPANTS_OF = f"""
+SELECT call_id, {", ".join(_PARTICIPANT_COLUMNS)}
 FROM call_participants WHERE call_id = ANY(%(calls)s)"""
 
-# A user's calls in some states, in rooms the user is still a member of.
-CALLS_OF_USER = f"""
+_OF_USER = f"""
 SELECT now(), {_CALL_COLUMNS} FROM calls c
-JOIN call_participants p ON p.call_id = c.id AND p.user_id = %(user)s
-     AND p.state <> 'removed'
+JOIN call_participants p ON p.call_id = c.id AND p.user_id = %(user)s AND {{whose}}
 JOIN room_members m ON m.room_id = c.room_id AND m.user_id = %(user)s
-WHERE c.tenant_id = %(tenant)s AND c.status = ANY(%(statuses)s)
+WHERE c.tenant_id = %(tenant)s AND {_LIVE}
 ORDER BY c.created_at"""
+# A user's live calls, in rooms the user is still a member of (call.sync).
+CALLS_OF_USER = _OF_USER.format(whose="p.state <> 'removed'")
+# The calls ringing for a user now.
+RINGING_FOR_USER = _OF_USER.format(whose="p.state = 'invited' AND p.ring_deadline > now()")
 
 PENDING_CLEANUPS = """
 SELECT id, livekit_room FROM calls WHERE livekit_cleanup_pending
@@ -227,10 +273,12 @@ CLEANED = "UPDATE calls SET livekit_cleanup_pending = false WHERE id = ANY(%(cal
 
 
 def _policy(row: Sequence[Any]) -> CallPolicy | None:
-    enabled, max_participants, ring_timeout, default_type = row
+    enabled, max_participants, ring_timeout, default_type, busy_policy = row
     if enabled is None:
         return None
-    return CallPolicy(enabled, max_participants, ring_timeout, default_type)
+    return CallPolicy(
+        enabled, max_participants, ring_timeout, default_type, busy_policy=busy_policy
+    )
 
 
 def _call(row: Sequence[Any], participants: Iterable[Participant] = ()) -> Call | None:
@@ -294,8 +342,9 @@ def _people(users: list[str], *columns: list[Any]) -> list[Participant]:
 async def _load(conn: AsyncConnection[Any], sql: str, **params: str) -> Loaded:
     head = await (await conn.execute(sql, params)).fetchone()
     assert head is not None  # FROM (SELECT 1): always one row
-    now, policy_row, call_row = head[0], head[1:5], head[5 : 5 + _N_CALL]
-    version, seen_version, room_exists, is_member = head[5 + _N_CALL : _N_HEAD]
+    call_at = 1 + _N_POLICY
+    now, policy_row, call_row = head[0], head[1:call_at], head[call_at : call_at + _N_CALL]
+    version, seen_version, room_exists, is_member = head[call_at + _N_CALL : _N_HEAD]
     arrays = head[_N_HEAD:]
     if call_row[0] is not None and version != seen_version:
         # We waited for the lock while a transition committed: read what it left.
@@ -330,7 +379,8 @@ async def start_context(
     sql = START_CONTEXT if lock else READ_START_CONTEXT
     row = await (await conn.execute(sql, params)).fetchone()
     assert row is not None
-    return StartContext(row[0], _policy(row[1:5]), row[5], list(row[6]), row[7], row[8])
+    at = 1 + _N_POLICY
+    return StartContext(row[0], _policy(row[1:at]), row[at], list(row[at + 1]), *row[at + 2 :])
 
 
 async def bump(conn: AsyncConnection[Any], call_id: str) -> None:
@@ -359,11 +409,30 @@ async def lock_by_media_room(
 
 
 async def calls_of_user(
-    conn: AsyncConnection[Any], *, tenant: str, user: str, statuses: list[str]
+    conn: AsyncConnection[Any], *, tenant: str, user: str, ringing: bool = False
 ) -> list[Call]:
-    params = {"tenant": tenant, "user": user, "statuses": statuses}
-    heads = await (await conn.execute(CALLS_OF_USER, params)).fetchall()
+    """The user's live calls, or (`ringing`) those ringing for the user now."""
+    params = {"tenant": tenant, "user": user}
+    sql = RINGING_FOR_USER if ringing else CALLS_OF_USER
+    heads = await (await conn.execute(sql, params)).fetchall()
     return await _attach_participants(conn, [h[1:] for h in heads]) if heads else []
+
+
+async def busy(
+    conn: AsyncConnection[Any], *, tenant: str, room: str, caller: str, callee: str
+) -> bool:
+    """Whether the callee of a 1:1 start is joined in a live call elsewhere; locks both
+    users first, so that nobody joins a call between this answer and the commit."""
+    await conn.execute(LOCK_USERS, {"tenant": tenant, "lock_users": [caller, callee]})
+    row = await (
+        await conn.execute(BUSY, {"tenant": tenant, "room": room, "user": callee})
+    ).fetchone()
+    return bool(row and row[0])
+
+
+async def members_among(conn: AsyncConnection[Any], room: str, users: list[str]) -> set[str]:
+    row = await (await conn.execute(MEMBERS_AMONG, {"room": room, "users": users})).fetchone()
+    return set(row[0]) if row else set()
 
 
 async def _attach_participants(
@@ -403,13 +472,23 @@ async def mark_cleaned(conn: AsyncConnection[Any], call_ids: list[str]) -> None:
 # --- writes ---------------------------------------------------------------------------
 
 
+# Mints a ring token: (call, user, ring deadline) -> token.
+RingSigner = Callable[[Call, str, datetime], str]
+
+
 def outbox_rows(
-    call: Call, call_pb: Any, events: Iterable[Event], now: datetime
+    call: Call,
+    call_pb: Any,
+    events: Iterable[Event],
+    now: datetime,
+    sign_ring: RingSigner | None = None,
 ) -> tuple[list[str], list[str], list[bytes]]:
     """Each event as outbox rows (id, subject, payload); large audiences in parts.
 
     The parts of one event share its event id (webhooks de-duplicate on it, so a
-    tenant gets one delivery); each part has its own row id, the NATS message id.
+    tenant gets one delivery); each part has its own row id, the NATS message id. What
+    the webhook needs whole (an invite's ring tokens, whose ring stopped) is in every
+    part: a room has at most 1,000 members, so that stays far below NATS's limit.
     """
     ids: list[str] = []
     subjects: list[str] = []
@@ -422,6 +501,13 @@ def outbox_rows(
         if e.reason is not None:
             event.reason = e.reason
         recipients = sorted(set(e.recipients))
+        if e.ring_until is not None:
+            assert sign_ring is not None, "an invite's ring tokens need a signer"
+            event.ring.expires_at.FromDatetime(e.ring_until)
+            for user in recipients:
+                event.ring.tokens[user] = sign_ring(call, user, e.ring_until)
+        if e.type == RING_STOPPED:
+            event.user_ids.extend(recipients)
         chunks = [
             recipients[i : i + RECIPIENTS_PER_MESSAGE]
             for i in range(0, len(recipients), RECIPIENTS_PER_MESSAGE)
@@ -442,14 +528,19 @@ def _participant_params(people: Sequence[Participant]) -> dict[str, list[Any]]:
         "p_joined": [p.joined_at for p in people],
         "p_left": [p.left_at for p in people],
         "p_ever": [p.ever_joined for p in people],
+        "p_ring": [p.ring_deadline for p in people],
     }
 
 
 def _write_params(
-    before: Call | None, change: Change, call_pb: Any, now: datetime
+    before: Call | None,
+    change: Change,
+    call_pb: Any,
+    now: datetime,
+    sign_ring: RingSigner | None,
 ) -> dict[str, Any]:
     call = change.call
-    ids, subjects, payloads = outbox_rows(call, call_pb, change.events, now)
+    ids, subjects, payloads = outbox_rows(call, call_pb, change.events, now, sign_ring)
     ended_now = call.status == "ended" and (before is None or before.status != "ended")
     return {
         "id": call.id,
@@ -463,16 +554,23 @@ def _write_params(
         "h_sender": call.created_by,
         "h_parts": Jsonb(history.parts(call)) if ended_now else None,
         "ended_now": ended_now,
+        "lock_users": _joiners(before, call),
     }
 
 
+def _joiners(before: Call | None, after: Call) -> list[str]:
+    """Users the change puts in the call: their user locks are taken (see LOCK_USERS)."""
+    was = {p.user_id for p in before.participants if p.state == "joined"} if before else set()
+    return [p.user_id for p in after.participants if p.state == "joined" and p.user_id not in was]
+
+
 async def insert_call(
-    conn: AsyncConnection[Any], change: Change, call_pb: Any, now: datetime
+    conn: AsyncConnection[Any], change: Change, call_pb: Any, now: datetime, sign_ring: RingSigner
 ) -> bool:
     """Writes a new call with its participants and events; False when the room's live
     call slot was taken first (then nothing is written)."""
     call = change.call
-    params = _write_params(None, change, call_pb, now)
+    params = _write_params(None, change, call_pb, now, sign_ring)
     params.update(_participant_params(call.participants), **_lifecycle(call))
     params.update(
         type=call.type,
@@ -487,15 +585,21 @@ async def insert_call(
 
 
 async def save(
-    conn: AsyncConnection[Any], before: Call, change: Change, call_pb: Any, now: datetime
+    conn: AsyncConnection[Any],
+    before: Call,
+    change: Change,
+    call_pb: Any,
+    now: datetime,
+    sign_ring: RingSigner | None = None,
 ) -> None:
-    """Persists a transition of a locked call in one statement (none for a no-op)."""
+    """Persists a transition of a locked call in one statement (none for a no-op).
+    `sign_ring` mints the ring tokens of the invites it writes (none: it writes none)."""
     call = change.call
     old = {p.user_id: p for p in before.participants}
     changed = [p for p in call.participants if old.get(p.user_id) != p]
     if not (changed or change.events or _lifecycle(call) != _lifecycle(before)):
         return
-    params = _write_params(before, change, call_pb, now)
+    params = _write_params(before, change, call_pb, now, sign_ring)
     params.update(_participant_params(changed), **_lifecycle(call))
     await conn.execute(SAVE, params)
 

@@ -1,4 +1,4 @@
-"""Background sweeps of the calls service: ring deadlines and LiveKit room clean-up.
+"""Background sweeps of the calls service: ring deadlines, ghost calls, LiveKit rooms.
 
 Every replica (and every worker process) runs them; `FOR UPDATE SKIP LOCKED` shares the
 due rows out, so each expiry and each clean-up happens once, on whichever process is
@@ -43,6 +43,17 @@ async def _apply_due(
 async def expire_ringing(calls: CallTransitions, limit: int = 50) -> int:
     """Ends ringing calls past their deadline as missed (`timeout`)."""
     return await _apply_due(calls, store.DUE_RINGING, domain.expire, limit)
+
+
+async def expire_invites(calls: CallTransitions, limit: int = 50) -> int:
+    """Stops the rings of group invitations past their window (`missed`)."""
+    return await _apply_due(calls, store.DUE_INVITES, domain.ring_timeouts, limit)
+
+
+async def stop_rings(calls: CallTransitions) -> None:
+    """Every ring past its deadline: 1:1 calls end, group invitations are missed."""
+    await expire_ringing(calls)
+    await expire_invites(calls)
 
 
 async def end_silent_calls(calls: CallTransitions, limit: int = 50) -> int:

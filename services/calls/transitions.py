@@ -19,6 +19,7 @@ from services.calls import domain, metrics, store
 from services.calls.convert import call_to_pb
 from services.calls.domain import Actor, Call, CallPolicy, Change
 from services.calls.media import Media, MediaSignal
+from services.common.auth import RingTokens
 from services.common.errors import UNAVAILABLE
 from services.common.logging import call_id_var
 from services.common.models import new_id
@@ -39,10 +40,12 @@ class CallTransitions:
         self,
         pool: AsyncConnectionPool[AsyncConnection[Any]],
         media: Media,
+        ring_tokens: RingTokens,
         media_grace: timedelta = timedelta(seconds=60),
     ) -> None:
         self.pool = pool
         self.media = media
+        self.ring_tokens = ring_tokens
         self.media_grace = media_grace
         self._jobs: set[asyncio.Task[None]] = set()
         # Ended calls whose LiveKit room is to go (call id, room); sweeps.remove_ended_rooms
@@ -60,8 +63,17 @@ class CallTransitions:
         self, conn: AsyncConnection[Any], before: Call, change: Change, now: datetime
     ) -> Applied:
         message = call_to_pb(change.call)
-        await store.save(conn, before, change, message, now)
+        await store.save(conn, before, change, message, now, self.sign_ring)
         return Applied(change.call, message)
+
+    def sign_ring(self, call: Call, user_id: str, until: datetime) -> str:
+        """The ring token of an invited user: it expires with the ring."""
+        return self.ring_tokens.mint(
+            tenant_id=call.tenant_id,
+            call_id=call.id,
+            user_id=user_id,
+            expires_at=int(until.timestamp()),
+        )
 
     def policy(self, loaded: CallPolicy | None) -> CallPolicy:
         """The tenant's policy (calls enabled) with this service's media grace."""
@@ -71,7 +83,8 @@ class CallTransitions:
         """LiveKit work of a committed change, in the background (never delays the reply)."""
         metrics.count(before, change)
         call = change.call
-        if call.status == "ended" and (before is None or before.status != "ended"):
+        if call.status == "ended" and before is not None and before.status != "ended":
+            # (A call that ended as it began, busy, never had a media room.)
             self.ended_rooms.put_nowait((call.id, call.livekit_room))
         elif call.status == "active" and (before is None or before.status != "active"):
             # Outlives our grace, so the call's own no-media deadline decides.
@@ -124,6 +137,12 @@ class CallTransitions:
         call_id_var.set(found.id)
         return Applied(found, call_to_pb(found))
 
+    async def ringing(self, *, tenant: str, user: str) -> list[Applied]:
+        """The calls ringing for the user now, across rooms."""
+        async with self.pool.connection() as conn:
+            found = await store.calls_of_user(conn, tenant=tenant, user=user, ringing=True)
+        return [Applied(call, call_to_pb(call)) for call in found]
+
     # --- transitions ------------------------------------------------------------------
 
     async def start(
@@ -135,43 +154,64 @@ class CallTransitions:
         call_type: str | None,
         custom: dict[str, Any] | None = None,
     ) -> Applied:
-        async with self.transaction() as conn:
-            ctx = await store.start_context(conn, tenant=tenant, room=room, user=user)
-            policy = self.policy(ctx.policy)
-            domain.require_member(ctx.room_exists, ctx.is_member)
-            live_call_id = ctx.live_call_id
-            # Insert-or-join, retried: the live call we collided with may end in between.
-            for _ in range(5):
-                if live_call_id is None:
-                    change = domain.new_call(
-                        call_id=new_id("call"),
-                        tenant_id=tenant,
-                        room_id=room,
-                        members=ctx.members,
-                        user_id=user,
-                        call_type=call_type,
-                        policy=policy,
-                        now=ctx.now,
-                        custom=custom,
-                    )
-                    message = call_to_pb(change.call)
-                    if await store.insert_call(conn, change, message, ctx.now):
-                        call_id_var.set(change.call.id)
-                        applied = Applied(change.call, message)
-                        before = None
-                        break
-                loaded = await store.lock_live_call(conn, tenant=tenant, room=room, user=user)
-                if loaded.call is not None:
-                    call_id_var.set(loaded.call.id)
-                    domain.require_member(loaded.room_exists, loaded.is_member)
-                    change = domain.join_live(loaded.call, user, policy, loaded.now)
-                    before = loaded.call
-                    applied = await self.save(conn, before, change, loaded.now)
-                    break
-                live_call_id = None
-            else:
-                raise UNAVAILABLE
-        return self._finish(before, change, applied)
+        # Insert-or-join, retried: the live call we collided with may end in between.
+        for _ in range(5):
+            async with self.transaction() as conn:
+                done = await self._start(conn, tenant, room, user, call_type, custom)
+            if done is not None:
+                before, change, applied = done
+                return self._finish(before, change, applied)
+        raise UNAVAILABLE
+
+    async def _start(
+        self,
+        conn: AsyncConnection[Any],
+        tenant: str,
+        room: str,
+        user: str,
+        call_type: str | None,
+        custom: dict[str, Any] | None,
+    ) -> tuple[Call | None, Change, Applied] | None:
+        """One attempt at a start; None: try again in a new transaction."""
+        ctx = await store.start_context(conn, tenant=tenant, room=room, user=user)
+        policy = self.policy(ctx.policy)
+        domain.require_member(ctx.room_exists, ctx.is_member)
+        if ctx.live_call_id is None:
+            callee_busy, users_locked = False, False
+            if len(ctx.members) == 2 and policy.busy_policy == "reject":
+                callee = next(m for m in ctx.members if m != user)
+                callee_busy = await store.busy(
+                    conn, tenant=tenant, room=room, caller=user, callee=callee
+                )
+                users_locked = True
+            change = domain.new_call(
+                call_id=new_id("call"),
+                tenant_id=tenant,
+                room_id=room,
+                members=ctx.members,
+                user_id=user,
+                call_type=call_type,
+                policy=policy,
+                now=ctx.now,
+                custom=custom,
+                callee_busy=callee_busy,
+            )
+            message = call_to_pb(change.call)
+            if await store.insert_call(conn, change, message, ctx.now, self.sign_ring):
+                call_id_var.set(change.call.id)
+                return None, change, Applied(change.call, message)
+            if users_locked:
+                # Holding user locks, this transaction must not wait for a call's row
+                # lock (its holder may be waiting for one of them): start over.
+                return None
+        loaded = await store.lock_live_call(conn, tenant=tenant, room=room, user=user)
+        if loaded.call is None:
+            return None
+        call_id_var.set(loaded.call.id)
+        domain.require_member(loaded.room_exists, loaded.is_member)
+        change = domain.join_live(loaded.call, user, policy, loaded.now)
+        applied = await self.save(conn, loaded.call, change, loaded.now)
+        return loaded.call, change, applied
 
     async def _on_call(
         self, *, tenant: str, room: str, call: str, user: str | None, rule: Rule
@@ -227,6 +267,22 @@ class CallTransitions:
             user=user,
             rule=lambda c, _, now: domain.leave(c, user, now),
         )
+
+    async def ring_again(
+        self, *, tenant: str, room: str, call: str, user: str, targets: list[str]
+    ) -> Applied:
+        async with self.transaction() as conn:
+            loaded = await store.load_for_update(
+                conn, tenant=tenant, room=room, call=call, user=user
+            )
+            self.policy(loaded.policy)
+            domain.require_member(loaded.room_exists, loaded.is_member)
+            before = domain.require_live(loaded.call)
+            call_id_var.set(before.id)
+            members = await store.members_among(conn, room, targets)
+            change = domain.ring_again(before, user, targets, members, loaded.now)
+            applied = await self.save(conn, before, change, loaded.now)
+        return self._finish(before, change, applied)
 
     # --- moderation ---------------------------------------------------------------------
 

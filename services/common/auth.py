@@ -23,16 +23,19 @@ SESSION_ISSUER = "sendsar"
 class Kind(Enum):
     API_KEY = "api_key"
     SESSION = "session"
+    RING = "ring"  # a ring token: answers (accepts or declines) one call as one user
 
 
 @dataclass(frozen=True)
 class Principal:
     tenant_id: str
     kind: Kind
-    user_id: str | None = None  # set for sessions
+    user_id: str | None = None  # set for sessions and ring tokens
+    call_id: str | None = None  # set for ring tokens: the one call they answer
 
     def require_user(self) -> str:
-        if self.kind is not Kind.SESSION or self.user_id is None:
+        """The app user acting; only RPCs whose policy admits ring tokens see those."""
+        if self.kind is Kind.API_KEY or self.user_id is None:
             raise forbidden("SESSION_REQUIRED", "this call needs an app user's session token")
         return self.user_id
 
@@ -43,7 +46,8 @@ class Policy(Enum):
     PUBLIC = "public"  # no credentials (the RPC checks its own signature)
     API_KEY = "api_key"
     SESSION = "session"
-    ANY = "any"
+    ANSWER = "answer"  # a session, or a ring token of the call (checked by the RPC)
+    ANY = "any"  # an API key or a session
 
 
 principal_var: ContextVar[Principal | None] = ContextVar("principal", default=None)
@@ -165,10 +169,65 @@ def check_policy(policy: Policy, principal: Principal | None) -> None:
         return
     if principal is None:
         raise unauthenticated()
+    if principal.kind is Kind.RING and policy is not Policy.ANSWER:
+        # Not a credential for anything else: as if none had been given.
+        raise unauthenticated("a ring token only accepts or declines its call")
     if policy is Policy.API_KEY and principal.kind is not Kind.API_KEY:
         raise forbidden("API_KEY_REQUIRED", "this call needs the tenant's API key")
-    if policy is Policy.SESSION and principal.kind is not Kind.SESSION:
+    if policy in (Policy.SESSION, Policy.ANSWER) and principal.kind is Kind.API_KEY:
         raise forbidden("SESSION_REQUIRED", "this call needs an app user's session token")
+
+
+# --- ring tokens --------------------------------------------------------------
+
+# rt_<JWT>: the prefix tells them from session tokens without decoding anything.
+RING_TOKEN_PREFIX = "rt_"
+RING_AUDIENCE = "sendsar-ring"
+
+
+class RingTokens:
+    """Ring tokens: what a VoIP push carries so that an app without a session yet can
+    accept or decline the one call that rings (shared/DESIGN.md, "Ringing done right").
+
+    Signed with a key derived from the session signing key, so no new secret to deploy
+    and rotate, and neither kind of token can pass for the other even if a check were
+    missed (different key, different audience, the prefix)."""
+
+    def __init__(self, session_signing_key: str) -> None:
+        self._key = hmac.new(
+            session_signing_key.encode(), b"sendsar ring tokens v1", hashlib.sha256
+        ).hexdigest()
+
+    def mint(self, *, tenant_id: str, call_id: str, user_id: str, expires_at: int) -> str:
+        claims = {
+            "iss": SESSION_ISSUER,
+            "aud": RING_AUDIENCE,
+            "tid": tenant_id,
+            "cid": call_id,
+            "sub": user_id,
+            "exp": expires_at,  # the ring's deadline: the token dies with the ring
+        }
+        return RING_TOKEN_PREFIX + jwt.encode(claims, self._key, algorithm=SESSION_ALGORITHM)
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token.removeprefix(RING_TOKEN_PREFIX),
+                self._key,
+                algorithms=[SESSION_ALGORITHM],
+                audience=RING_AUDIENCE,
+                issuer=SESSION_ISSUER,
+                options={"require": ["exp", "sub", "aud", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthenticated("ring token expired: the ring is over") from None
+        except jwt.InvalidTokenError:
+            raise unauthenticated("invalid ring token") from None
+        ids = (claims.get("tid"), claims.get("sub"), claims.get("cid"))
+        if not all(isinstance(i, str) and i for i in ids):
+            raise unauthenticated("invalid ring token")
+        tenant_id, user_id, call_id = (str(i) for i in ids)
+        return Principal(tenant_id=tenant_id, kind=Kind.RING, user_id=user_id, call_id=call_id)
 
 
 __all__ = ["Principal", "ServiceError"]

@@ -58,6 +58,7 @@ class Authenticator:
     def __init__(self, engine: AsyncEngine, signing_key: str) -> None:
         self.engine = engine
         self.signing_key = signing_key
+        self.ring_tokens = auth.RingTokens(signing_key)
         self._cache: dict[str, tuple[float, str, str]] = {}  # key id -> (until, tenant, hash)
         self._touched: dict[str, float] = {}
         self._listening = False
@@ -84,6 +85,8 @@ class Authenticator:
             return None
         if credential.startswith(auth.API_KEY_PREFIX):
             return await self._api_key(credential)
+        if credential.startswith(auth.RING_TOKEN_PREFIX):
+            return self.ring_tokens.verify(credential)
         return auth.verify_session(credential, self.signing_key)
 
     async def _api_key(self, credential: str) -> auth.Principal:

@@ -195,6 +195,12 @@ class CallParticipant(SQLModel, table=True):
             "ring_deadline",
             postgresql_where=text("ring_deadline IS NOT NULL"),
         ),
+        Index(
+            "ix_call_participants_joined",
+            "tenant_id",
+            "user_id",
+            postgresql_where=text("state = 'joined'"),
+        ),
     )
 
     call_id: str = Field(sa_column=Column(String, ForeignKey("calls.id"), primary_key=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -16,12 +17,23 @@ _USER_ID = re.compile(r"[A-Za-z0-9._:@\-]{1,128}")
 _RESOURCE_ID = re.compile(r"[a-z]{2,4}_[0-9a-f]{32}")
 
 CALL_TYPES = ("audio", "video")
+# A 1:1 callee already in a live call: rings anyway (call waiting), or the call ends "busy".
+BUSY_POLICIES = ("ring", "reject")
 
 
 def user_id(value: str, field: str = "userId") -> str:
     if not _USER_ID.fullmatch(value):
         raise invalid(field, "must be 1-128 characters of letters, digits and . _ : @ -")
     return value
+
+
+def user_ids(values: Sequence[str], field: str, *, most: int) -> list[str]:
+    """A non-empty list of at most `most` user ids, duplicates dropped (order kept)."""
+    if not values:
+        raise invalid(field, "must name at least one user")
+    if len(values) > most:
+        raise invalid(field, f"must name at most {most} users")
+    return list(dict.fromkeys(user_id(v, f"{field}[{i}]") for i, v in enumerate(values)))
 
 
 def resource_id(value: str, field: str) -> str:

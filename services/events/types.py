@@ -10,8 +10,19 @@ ENDED = "call.ended"
 MISSED = "call.missed"
 PARTICIPANT_JOINED = "call.participant_joined"
 PARTICIPANT_LEFT = "call.participant_left"
+RING_STOPPED = "call.ring_stopped"
 
-ALL = (INVITE, STARTED, ACCEPTED, DECLINED, ENDED, MISSED, PARTICIPANT_JOINED, PARTICIPANT_LEFT)
+ALL = (
+    INVITE,
+    STARTED,
+    ACCEPTED,
+    DECLINED,
+    ENDED,
+    MISSED,
+    PARTICIPANT_JOINED,
+    PARTICIPANT_LEFT,
+    RING_STOPPED,
+)
 
 STREAM = "SENDSAR_CALLS"
 SUBJECTS = "sendsar.*.calls.>"

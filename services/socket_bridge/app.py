@@ -73,8 +73,19 @@ def refusal(reason: str, message: str) -> socketio.exceptions.ConnectionRefusedE
 
 def event_json(event: events_pb2.CallEvent) -> dict[str, Any]:
     """The event as clients see it: lowerCamelCase JSON with the same fields as REST
-    (Envoy prints fields without presence too, so `endReason` etc. are always there)."""
+    (Envoy prints fields without presence too, so `endReason` etc. are always there).
+    An invite's ring tokens are for the tenant's backend alone: one of them answers the
+    call as its user, so no socket ever sees them."""
+    if event.HasField("ring"):
+        event = _without_ring(event)
     return json_format.MessageToDict(event, always_print_fields_with_no_presence=True)
+
+
+def _without_ring(event: events_pb2.CallEvent) -> events_pb2.CallEvent:
+    copy = events_pb2.CallEvent()
+    copy.CopyFrom(event)
+    copy.ClearField("ring")
+    return copy
 
 
 @dataclass

@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.calls import store
 from services.calls.convert import call_to_pb
-from services.calls.domain import LIVE
 
 
 async def live_calls(engine: AsyncEngine, *, tenant_id: str, user_id: str) -> list[dict[str, Any]]:
@@ -22,7 +21,7 @@ async def live_calls(engine: AsyncEngine, *, tenant_id: str, user_id: str) -> li
         # The call store speaks psycopg directly (services/calls/store.py).
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
-        calls = await store.calls_of_user(raw, tenant=tenant_id, user=user_id, statuses=list(LIVE))
+        calls = await store.calls_of_user(raw, tenant=tenant_id, user=user_id)
     return [
         json_format.MessageToDict(call_to_pb(call), always_print_fields_with_no_presence=True)
         for call in calls

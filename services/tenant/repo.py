@@ -43,11 +43,12 @@ async def create_tenant(conn: AsyncConnection, *, name: str, calls_enabled: bool
     return CreatedTenant(tenant_id, key.plaintext)
 
 
-_SETTINGS_COLUMNS = (
+_SETTINGS_COLUMNS: tuple[Any, ...] = (
     TENANTS.c.calls_enabled,
     TENANTS.c.max_participants,
     TENANTS.c.ring_timeout_seconds,
     TENANTS.c.default_type,
+    TENANTS.c.busy_policy,
 )
 
 

@@ -60,6 +60,7 @@ def _call_settings(row: Row[Any]) -> pb.CallSettings:
         max_participants=row.max_participants,
         ring_timeout_seconds=row.ring_timeout_seconds,
         default_type=row.default_type,
+        busy_policy=row.busy_policy,
     )
 
 
@@ -78,6 +79,10 @@ def settings_changes(update: pb.CallSettingsUpdate) -> dict[str, Any]:
         )
     if update.HasField("default_type"):
         changes["default_type"] = validation.call_type(update.default_type, "calls.defaultType")
+    if update.HasField("busy_policy"):
+        changes["busy_policy"] = validation.one_of(
+            update.busy_policy, "calls.busyPolicy", validation.BUSY_POLICIES
+        )
     return changes
 
 

@@ -15,8 +15,10 @@ import pytest
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
+from services.calls import store
 from services.calls.media import Media
 from services.calls.transitions import CallTransitions
+from services.common.auth import RingTokens
 from services.common.db import connect_params
 from services.common.errors import ServiceError
 from services.common.settings import load_settings
@@ -45,7 +47,7 @@ async def calls(stack: Stack) -> AsyncIterator[CallTransitions]:
     )
     await pool.open(wait=True)
     media = Media(settings)
-    transitions = CallTransitions(pool, media)
+    transitions = CallTransitions(pool, media, RingTokens(settings.SESSION_SIGNING_KEY))
     try:
         yield transitions
     finally:
@@ -102,6 +104,60 @@ async def test_group_statement_counts(calls: CallTransitions, tenant: Tenant) ->
     assert ended.call.status == "ended"
     counts = (n_start, n_accept, n_rejoin, n_decline, n_leave, n_end)
     assert max(counts) <= MAX_STATEMENTS, counts
+
+
+async def test_ringing_statement_counts(calls: CallTransitions, tenant: Tenant) -> None:
+    """A 1:1 start under the "reject" busy policy (user locks, then the busy check), a
+    busy one, and ringing a group's members again."""
+    tenant.patch_settings(busyPolicy="reject")
+    ids = {"tenant": tenant.tenant_id}
+    rings, n_free = await counted(
+        calls.start(**ids, room=tenant.room("alice", "bob"), user="alice", call_type=None)
+    )
+    assert rings.call.status == "ringing"
+    group_room = tenant.room("carol", "dave", "erin")
+    group = await calls.start(**ids, room=group_room, user="carol", call_type=None)
+    await calls.accept(**ids, room=group_room, call=group.call.id, user="dave")
+    busy, n_busy = await counted(
+        calls.start(**ids, room=tenant.room("frank", "dave"), user="frank", call_type=None)
+    )
+    assert (busy.call.status, busy.call.end_reason) == ("ended", "busy")
+    await calls.decline(**ids, room=group_room, call=group.call.id, user="erin")
+    _, n_ring = await counted(
+        calls.ring_again(**ids, room=group_room, call=group.call.id, user="carol", targets=["erin"])
+    )
+    counts = (n_free, n_busy, n_ring)
+    assert max(counts) <= MAX_STATEMENTS, counts
+
+
+async def test_the_busy_check_waits_for_a_user_joining_elsewhere(
+    calls: CallTransitions, tenant: Tenant, stack: Stack
+) -> None:
+    """The busy check is atomic with joins: a start under "reject" takes the callee's user
+    lock before looking, so a join that holds the lock (every write making a user joined
+    takes it) is seen once it commits, never missed in between."""
+    tenant.patch_settings(busyPolicy="reject")
+    ids = {"tenant": tenant.tenant_id}
+    group_room = tenant.room("carol", "bob", "dave")
+    group = await calls.start(**ids, room=group_room, user="carol", call_type=None)
+    async with await AsyncConnection.connect(stack.database_url) as other:
+        # Another transaction holds bob's user lock, as a join by bob would.
+        await other.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s || '/' || 'bob'))",
+            (store.USER_LOCK_CLASS, tenant.tenant_id),
+        )
+        start = asyncio.create_task(
+            calls.start(**ids, room=tenant.room("alice", "bob"), user="alice", call_type=None)
+        )
+        await asyncio.sleep(0.5)
+        assert not start.done()  # waiting for bob's lock, before looking
+        await other.execute(
+            "UPDATE call_participants SET state = 'joined' WHERE call_id = %s AND user_id = 'bob'",
+            (group.call.id,),
+        )
+        await other.commit()
+    started = await start
+    assert (started.call.status, started.call.end_reason) == ("ended", "busy")
 
 
 async def test_the_counter_sees_every_statement(calls: CallTransitions, tenant: Tenant) -> None:

@@ -7,10 +7,17 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
+from sendsar.calls.v1 import calls_pb2
 from sendsar.chat.v1 import chat_pb2
 
 from services.calls import history
 from services.calls.domain import COMPLETED, DECLINED, MISSED, Call, Participant, outcome
+
+
+def reason(rec: chat_pb2.CallRecord) -> str:
+    """The record's end reason as its JSON (and the enum's value name) says it."""
+    return calls_pb2.Call.EndReason.Name(rec.end_reason)
+
 
 T0 = datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)
 
@@ -98,7 +105,7 @@ def test_record_of_a_completed_call() -> None:
     s = answered(42.4, type="audio")
     rec = history.record(s)
     assert rec.call_id == s.id
-    assert (rec.type, rec.mode, rec.outcome, rec.end_reason) == (
+    assert (rec.type, rec.mode, rec.outcome, reason(rec)) == (
         "audio",
         "direct",
         "completed",
@@ -128,7 +135,7 @@ def test_long_calls_keep_their_full_duration() -> None:
 
 def test_record_of_a_missed_call_has_no_answer_time_and_no_duration() -> None:
     rec = history.record(snap(call()))
-    assert (rec.outcome, rec.end_reason) == ("missed", "timeout")
+    assert (rec.outcome, reason(rec)) == ("missed", "timeout")
     assert not rec.HasField("answered_at")
     assert rec.HasField("started_at") and rec.HasField("ended_at")
     assert rec.duration_seconds == 0
@@ -138,7 +145,7 @@ def test_record_of_a_missed_call_has_no_answer_time_and_no_duration() -> None:
 def test_record_of_a_declined_call() -> None:
     row = call(end_reason="declined", ended_at=T0 + timedelta(seconds=4))
     rec = history.record(snap(row, person("alice"), person("bob", "declined", False)))
-    assert (rec.outcome, rec.end_reason, rec.initiator) == ("declined", "declined", "alice")
+    assert (rec.outcome, reason(rec), rec.initiator) == ("declined", "declined", "alice")
     assert list(rec.participants) == ["alice"]
     assert not rec.HasField("answered_at") and rec.duration_seconds == 0
 
@@ -157,8 +164,11 @@ def test_participants_are_those_who_ever_joined_in_snapshot_order() -> None:
     assert rec.mode == "group"
 
 
-def test_a_missing_end_reason_is_empty() -> None:
-    assert history.record(snap(call(end_reason=None))).end_reason == ""
+def test_a_missing_end_reason_is_left_out_of_the_part() -> None:
+    [part] = history.parts(snap(call(end_reason=None)))
+    assert "endReason" not in part["data"]
+    [part] = history.parts(snap(call(end_reason="busy")))
+    assert part["data"]["endReason"] == "busy"
 
 
 def test_times_in_other_offsets_are_the_same_instants() -> None:

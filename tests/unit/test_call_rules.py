@@ -86,8 +86,9 @@ def test_direct_start_rings_the_callee_until_the_deadline() -> None:
     assert call.livekit_room == call.id
     assert change.events == [
         Event(events.STARTED, "alice", ()),
-        Event(events.INVITE, "alice", ("bob",)),
+        Event(events.INVITE, "alice", ("bob",), ring_until=later(45)),
     ]
+    assert change.call.ringing() == ("bob",)
 
 
 def test_group_start_is_active_at_once_and_invites_everyone_else() -> None:
@@ -102,8 +103,9 @@ def test_group_start_is_active_at_once_and_invites_everyone_else() -> None:
         now=T0,
     )
     assert (change.call.mode, change.call.status, change.call.type) == ("group", "active", "audio")
-    assert change.call.ring_deadline is None
-    assert change.events[1] == Event(events.INVITE, "bob", ("alice", "carol"))
+    assert change.call.ring_deadline is None  # the call never times out; invitations do
+    assert change.events[1] == Event(events.INVITE, "bob", ("alice", "carol"), ring_until=later(45))
+    assert change.call.ringing() == ("alice", "carol")
 
 
 def test_a_room_of_one_cannot_host_a_call() -> None:
@@ -122,15 +124,17 @@ def test_glare_the_callee_starting_in_the_room_accepts_the_call() -> None:
     assert change.call.status == "active" and change.call.answered_at == later(2)
     assert change.call.ring_deadline is None
     assert states(change.call) == {"alice": "joined", "bob": "joined"}
-    assert types(change) == [events.ACCEPTED]
+    assert types(change) == [events.ACCEPTED, events.RING_STOPPED]
     assert change.events[0].recipients == ("alice", "bob")
+    assert change.events[1] == Event(events.RING_STOPPED, "bob", ("bob",), reason="accepted")
 
 
 def test_starting_in_a_room_with_a_live_group_call_joins_it() -> None:
     change = domain.join_live(group(), "carol", POLICY, later(5))
     assert states(change.call)["carol"] == "joined"
     assert change.call.answered_at == later(5)  # the first one in besides the creator
-    assert types(change) == [events.PARTICIPANT_JOINED]
+    assert types(change) == [events.PARTICIPANT_JOINED, events.RING_STOPPED]
+    assert change.call.ringing() == ("bob",)
 
 
 def test_a_member_added_after_a_direct_call_began_cannot_take_it_over() -> None:
@@ -146,7 +150,8 @@ def test_accept_answers_a_ringing_direct_call() -> None:
     assert change.call.status == "active"
     p = change.call.participant("bob")
     assert p is not None and p.joined_at == later(3) and p.ever_joined
-    assert types(change) == [events.ACCEPTED]
+    assert types(change) == [events.ACCEPTED, events.RING_STOPPED]
+    assert change.call.ringing() == ()
 
 
 def test_the_caller_cannot_accept_their_own_call() -> None:
@@ -158,7 +163,8 @@ def test_an_answer_at_or_after_the_deadline_ends_the_call_as_missed_and_is_refus
     change = domain.accept(direct(), "bob", POLICY, later(45))
     assert change.call.status == "ended" and change.call.end_reason == "timeout"
     assert change.refusal is not None and change.refusal.reason == "CALL_ENDED"
-    assert types(change) == [events.MISSED, events.ENDED]
+    assert types(change) == [events.RING_STOPPED, events.MISSED, events.ENDED]
+    assert change.events[0] == Event(events.RING_STOPPED, "alice", ("bob",), reason="timeout")
     assert domain.outcome(change.call) == domain.MISSED
 
 
@@ -198,7 +204,8 @@ def test_the_callee_declining_a_direct_call_ends_it() -> None:
     change = domain.decline(direct(), "bob", later(2))
     assert change.call.status == "ended" and change.call.end_reason == "declined"
     assert states(change.call) == {"alice": "left", "bob": "declined"}
-    assert types(change) == [events.DECLINED, events.ENDED]
+    assert types(change) == [events.RING_STOPPED, events.DECLINED, events.ENDED]
+    assert change.events[0] == Event(events.RING_STOPPED, "bob", ("bob",), reason="declined")
     assert domain.outcome(change.call) == domain.DECLINED
 
 
@@ -224,7 +231,11 @@ def test_a_group_decline_only_stops_that_users_ring() -> None:
     change = domain.decline(group(), "bob", later(1))
     assert change.call.status == "active"
     assert states(change.call)["bob"] == "declined"
-    assert change.events == [Event(events.DECLINED, "bob", ("bob",))]
+    assert change.events == [
+        Event(events.DECLINED, "bob", ("bob",)),
+        Event(events.RING_STOPPED, "bob", ("bob",), reason="declined"),
+    ]
+    assert change.call.ringing() == ("carol",)
 
 
 def test_a_joined_group_participant_must_leave_not_decline() -> None:
@@ -240,7 +251,8 @@ def test_a_joined_group_participant_must_leave_not_decline() -> None:
 def test_the_caller_ending_a_ringing_call(given: str | None, expected: str) -> None:
     change = domain.end(direct(), "alice", given, later(5))
     assert change.call.end_reason == expected
-    assert types(change) == [events.MISSED, events.ENDED]
+    assert types(change) == [events.RING_STOPPED, events.MISSED, events.ENDED]
+    assert change.events[0] == Event(events.RING_STOPPED, "alice", ("bob",), reason="cancelled")
 
 
 def test_the_callee_ending_a_ringing_call_declines_it() -> None:
@@ -293,7 +305,13 @@ def test_leaving_a_group_call_keeps_it_for_the_others_and_kicks_the_media() -> N
 def test_the_last_one_out_ends_a_group_call_as_all_left() -> None:
     change = domain.leave(group(), "alice", later(3))
     assert change.call.end_reason == "all_left"
-    assert types(change) == [events.PARTICIPANT_LEFT, events.MISSED, events.ENDED]
+    assert types(change) == [
+        events.PARTICIPANT_LEFT,
+        events.RING_STOPPED,
+        events.MISSED,
+        events.ENDED,
+    ]
+    assert change.events[1] == Event(events.RING_STOPPED, "alice", ("bob", "carol"), reason="ended")
     assert change.kicked == []  # the whole media room goes instead
 
 

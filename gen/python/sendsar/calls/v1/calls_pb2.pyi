@@ -7,6 +7,7 @@ from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -28,6 +29,30 @@ class Participant(_message.Message):
 
 class Call(_message.Message):
     __slots__ = ("id", "room_id", "type", "mode", "status", "created_by", "created_at", "answered_at", "ended_at", "end_reason", "ring_timeout_seconds", "participants", "custom")
+    class EndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        END_REASON_UNSPECIFIED: _ClassVar[Call.EndReason]
+        hangup: _ClassVar[Call.EndReason]
+        declined: _ClassVar[Call.EndReason]
+        cancelled: _ClassVar[Call.EndReason]
+        no_answer: _ClassVar[Call.EndReason]
+        timeout: _ClassVar[Call.EndReason]
+        busy: _ClassVar[Call.EndReason]
+        all_left: _ClassVar[Call.EndReason]
+        media_ended: _ClassVar[Call.EndReason]
+        no_media: _ClassVar[Call.EndReason]
+        ended_by_host: _ClassVar[Call.EndReason]
+    END_REASON_UNSPECIFIED: Call.EndReason
+    hangup: Call.EndReason
+    declined: Call.EndReason
+    cancelled: Call.EndReason
+    no_answer: Call.EndReason
+    timeout: Call.EndReason
+    busy: Call.EndReason
+    all_left: Call.EndReason
+    media_ended: Call.EndReason
+    no_media: Call.EndReason
+    ended_by_host: Call.EndReason
     ID_FIELD_NUMBER: _ClassVar[int]
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -50,11 +75,11 @@ class Call(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     answered_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
-    end_reason: str
+    end_reason: Call.EndReason
     ring_timeout_seconds: int
     participants: _containers.RepeatedCompositeFieldContainer[Participant]
     custom: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., room_id: _Optional[str] = ..., type: _Optional[str] = ..., mode: _Optional[str] = ..., status: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_reason: _Optional[str] = ..., ring_timeout_seconds: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., custom: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., room_id: _Optional[str] = ..., type: _Optional[str] = ..., mode: _Optional[str] = ..., status: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_reason: _Optional[_Union[Call.EndReason, str]] = ..., ring_timeout_seconds: _Optional[int] = ..., participants: _Optional[_Iterable[_Union[Participant, _Mapping]]] = ..., custom: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class LiveKitCredentials(_message.Message):
     __slots__ = ("url", "token")
@@ -199,6 +224,32 @@ class MuteParticipantRequest(_message.Message):
     def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ..., user_id: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class MuteParticipantResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+
+class ListRingingCallsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRingingCallsResponse(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[Call]
+    def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ...) -> None: ...
+
+class RingCallRequest(_message.Message):
+    __slots__ = ("room_id", "call_id", "user_ids")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RingCallResponse(_message.Message):
     __slots__ = ("call",)
     CALL_FIELD_NUMBER: _ClassVar[int]
     call: Call

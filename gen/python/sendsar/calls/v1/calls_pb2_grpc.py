@@ -84,6 +84,16 @@ class CallServiceStub:
                 request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantRequest.SerializeToString,
                 response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantResponse.FromString,
                 _registered_method=True)
+        self.ListRingingCalls = channel.unary_unary(
+                '/sendsar.calls.v1.CallService/ListRingingCalls',
+                request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.ListRingingCallsRequest.SerializeToString,
+                response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.ListRingingCallsResponse.FromString,
+                _registered_method=True)
+        self.RingCall = channel.unary_unary(
+                '/sendsar.calls.v1.CallService/RingCall',
+                request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallRequest.SerializeToString,
+                response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallResponse.FromString,
+                _registered_method=True)
         self.HandleLivekitWebhook = channel.unary_unary(
                 '/sendsar.calls.v1.CallService/HandleLivekitWebhook',
                 request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
@@ -163,6 +173,22 @@ class CallServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRingingCalls(self, request, context):
+        """Every call ringing for the caller now, across rooms: what an app opened
+        from a push asks first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RingCall(self, request, context):
+        """Rings room members who are not in a group call (declined, left, missed,
+        never invited) again, with a fresh call.invite. A joined participant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def HandleLivekitWebhook(self, request, context):
         """LiveKit's signed webhooks; the raw body is needed to check the signature.
         """
@@ -217,6 +243,16 @@ def add_CallServiceServicer_to_server(servicer, server):
                     servicer.MuteParticipant,
                     request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantRequest.FromString,
                     response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantResponse.SerializeToString,
+            ),
+            'ListRingingCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRingingCalls,
+                    request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.ListRingingCallsRequest.FromString,
+                    response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.ListRingingCallsResponse.SerializeToString,
+            ),
+            'RingCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.RingCall,
+                    request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallRequest.FromString,
+                    response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallResponse.SerializeToString,
             ),
             'HandleLivekitWebhook': grpc.unary_unary_rpc_method_handler(
                     servicer.HandleLivekitWebhook,
@@ -470,6 +506,60 @@ class CallService:
             '/sendsar.calls.v1.CallService/MuteParticipant',
             sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantRequest.SerializeToString,
             sendsar_dot_calls_dot_v1_dot_calls__pb2.MuteParticipantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRingingCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.calls.v1.CallService/ListRingingCalls',
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.ListRingingCallsRequest.SerializeToString,
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.ListRingingCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RingCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.calls.v1.CallService/RingCall',
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallRequest.SerializeToString,
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallResponse.FromString,
             options,
             channel_credentials,
             insecure,

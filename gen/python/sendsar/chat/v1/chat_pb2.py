@@ -26,9 +26,10 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from sendsar.calls.v1 import calls_pb2 as sendsar_dot_calls_dot_v1_dot_calls__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asendsar/chat/v1/chat.proto\x12\x0fsendsar.chat.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\x04Room\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x34\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"F\n\x11\x43reateRoomRequest\x12\x15\n\x07members\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_name\"@\n\x10\x41\x64\x64MemberRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"C\n\x13RemoveMemberRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"S\n\x13ListMessagesRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x14ListMessagesResponse\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.sendsar.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x12PostMessageRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x05parts\x18\x02 \x03(\x0b\x32\x15.sendsar.chat.v1.PartB\x04\xe2\x41\x01\x02\"\xa7\x01\n\x07Message\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07room_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tsender_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12$\n\x05parts\x18\x04 \x03(\x0b\x32\x15.sendsar.chat.v1.Part\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"g\n\x04Part\x12\x12\n\x04type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x04text\x18\x02 \x01(\tH\x00\x88\x01\x01\x12/\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x1b.sendsar.chat.v1.CallRecordB\x04\xe2\x41\x01\x03\x42\x07\n\x05_text\"\xd9\x02\n\nCallRecord\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x12\n\nend_reason\x18\x05 \x01(\t\x12\x11\n\tinitiator\x18\x06 \x01(\t\x12\x14\n\x0cparticipants\x18\x07 \x03(\t\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64uration_seconds\x18\x0b \x01(\x05\x12\'\n\x06\x63ustom\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct2\xdc\x04\n\x0b\x43hatService\x12_\n\nCreateRoom\x12\".sendsar.chat.v1.CreateRoomRequest\x1a\x15.sendsar.chat.v1.Room\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0b/chat/rooms:\x01*\x12o\n\tAddMember\x12!.sendsar.chat.v1.AddMemberRequest\x1a\x15.sendsar.chat.v1.Room\"(\x82\xd3\xe4\x93\x02\"\"\x1d/chat/rooms/{room_id}/members:\x01*\x12|\n\x0cRemoveMember\x12$.sendsar.chat.v1.RemoveMemberRequest\x1a\x15.sendsar.chat.v1.Room\"/\x82\xd3\xe4\x93\x02)*\'/chat/rooms/{room_id}/members/{user_id}\x12\x83\x01\n\x0cListMessages\x12$.sendsar.chat.v1.ListMessagesRequest\x1a%.sendsar.chat.v1.ListMessagesResponse\"&\x82\xd3\xe4\x93\x02 \x12\x1e/chat/rooms/{room_id}/messages\x12w\n\x0bPostMessage\x12#.sendsar.chat.v1.PostMessageRequest\x1a\x18.sendsar.chat.v1.Message\")\x82\xd3\xe4\x93\x02#\"\x1e/chat/rooms/{room_id}/messages:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asendsar/chat/v1/chat.proto\x12\x0fsendsar.chat.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1csendsar/calls/v1/calls.proto\"m\n\x04Room\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x34\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"F\n\x11\x43reateRoomRequest\x12\x15\n\x07members\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_name\"@\n\x10\x41\x64\x64MemberRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"C\n\x13RemoveMemberRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"S\n\x13ListMessagesRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x14ListMessagesResponse\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.sendsar.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x12PostMessageRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x05parts\x18\x02 \x03(\x0b\x32\x15.sendsar.chat.v1.PartB\x04\xe2\x41\x01\x02\"\xa7\x01\n\x07Message\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07room_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tsender_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12$\n\x05parts\x18\x04 \x03(\x0b\x32\x15.sendsar.chat.v1.Part\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"g\n\x04Part\x12\x12\n\x04type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x04text\x18\x02 \x01(\tH\x00\x88\x01\x01\x12/\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x1b.sendsar.chat.v1.CallRecordB\x04\xe2\x41\x01\x03\x42\x07\n\x05_text\"\x81\x03\n\nCallRecord\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x34\n\nend_reason\x18\r \x01(\x0e\x32 .sendsar.calls.v1.Call.EndReason\x12\x11\n\tinitiator\x18\x06 \x01(\t\x12\x14\n\x0cparticipants\x18\x07 \x03(\t\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64uration_seconds\x18\x0b \x01(\x05\x12\'\n\x06\x63ustom\x18\x0c \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x05\x10\x06\x32\xdc\x04\n\x0b\x43hatService\x12_\n\nCreateRoom\x12\".sendsar.chat.v1.CreateRoomRequest\x1a\x15.sendsar.chat.v1.Room\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0b/chat/rooms:\x01*\x12o\n\tAddMember\x12!.sendsar.chat.v1.AddMemberRequest\x1a\x15.sendsar.chat.v1.Room\"(\x82\xd3\xe4\x93\x02\"\"\x1d/chat/rooms/{room_id}/members:\x01*\x12|\n\x0cRemoveMember\x12$.sendsar.chat.v1.RemoveMemberRequest\x1a\x15.sendsar.chat.v1.Room\"/\x82\xd3\xe4\x93\x02)*\'/chat/rooms/{room_id}/members/{user_id}\x12\x83\x01\n\x0cListMessages\x12$.sendsar.chat.v1.ListMessagesRequest\x1a%.sendsar.chat.v1.ListMessagesResponse\"&\x82\xd3\xe4\x93\x02 \x12\x1e/chat/rooms/{room_id}/messages\x12w\n\x0bPostMessage\x12#.sendsar.chat.v1.PostMessageRequest\x1a\x18.sendsar.chat.v1.Message\")\x82\xd3\xe4\x93\x02#\"\x1e/chat/rooms/{room_id}/messages:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -77,26 +78,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATSERVICE'].methods_by_name['ListMessages']._serialized_options = b'\202\323\344\223\002 \022\036/chat/rooms/{room_id}/messages'
   _globals['_CHATSERVICE'].methods_by_name['PostMessage']._loaded_options = None
   _globals['_CHATSERVICE'].methods_by_name['PostMessage']._serialized_options = b'\202\323\344\223\002#\"\036/chat/rooms/{room_id}/messages:\001*'
-  _globals['_ROOM']._serialized_start=173
-  _globals['_ROOM']._serialized_end=282
-  _globals['_CREATEROOMREQUEST']._serialized_start=284
-  _globals['_CREATEROOMREQUEST']._serialized_end=354
-  _globals['_ADDMEMBERREQUEST']._serialized_start=356
-  _globals['_ADDMEMBERREQUEST']._serialized_end=420
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=422
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=489
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=491
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=574
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=576
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=667
-  _globals['_POSTMESSAGEREQUEST']._serialized_start=669
-  _globals['_POSTMESSAGEREQUEST']._serialized_end=756
-  _globals['_MESSAGE']._serialized_start=759
-  _globals['_MESSAGE']._serialized_end=926
-  _globals['_PART']._serialized_start=928
-  _globals['_PART']._serialized_end=1031
-  _globals['_CALLRECORD']._serialized_start=1034
-  _globals['_CALLRECORD']._serialized_end=1379
-  _globals['_CHATSERVICE']._serialized_start=1382
-  _globals['_CHATSERVICE']._serialized_end=1986
+  _globals['_ROOM']._serialized_start=203
+  _globals['_ROOM']._serialized_end=312
+  _globals['_CREATEROOMREQUEST']._serialized_start=314
+  _globals['_CREATEROOMREQUEST']._serialized_end=384
+  _globals['_ADDMEMBERREQUEST']._serialized_start=386
+  _globals['_ADDMEMBERREQUEST']._serialized_end=450
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=452
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=519
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=521
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=604
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=606
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=697
+  _globals['_POSTMESSAGEREQUEST']._serialized_start=699
+  _globals['_POSTMESSAGEREQUEST']._serialized_end=786
+  _globals['_MESSAGE']._serialized_start=789
+  _globals['_MESSAGE']._serialized_end=956
+  _globals['_PART']._serialized_start=958
+  _globals['_PART']._serialized_end=1061
+  _globals['_CALLRECORD']._serialized_start=1064
+  _globals['_CALLRECORD']._serialized_end=1449
+  _globals['_CHATSERVICE']._serialized_start=1452
+  _globals['_CHATSERVICE']._serialized_end=2056
 # @@protoc_insertion_point(module_scope)

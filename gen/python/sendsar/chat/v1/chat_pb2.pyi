@@ -4,6 +4,7 @@ from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from sendsar.calls.v1 import calls_pb2 as _calls_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -116,7 +117,7 @@ class CallRecord(_message.Message):
     type: str
     mode: str
     outcome: str
-    end_reason: str
+    end_reason: _calls_pb2.Call.EndReason
     initiator: str
     participants: _containers.RepeatedScalarFieldContainer[str]
     started_at: _timestamp_pb2.Timestamp
@@ -124,4 +125,4 @@ class CallRecord(_message.Message):
     ended_at: _timestamp_pb2.Timestamp
     duration_seconds: int
     custom: _struct_pb2.Struct
-    def __init__(self, call_id: _Optional[str] = ..., type: _Optional[str] = ..., mode: _Optional[str] = ..., outcome: _Optional[str] = ..., end_reason: _Optional[str] = ..., initiator: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_seconds: _Optional[int] = ..., custom: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., type: _Optional[str] = ..., mode: _Optional[str] = ..., outcome: _Optional[str] = ..., end_reason: _Optional[_Union[_calls_pb2.Call.EndReason, str]] = ..., initiator: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_seconds: _Optional[int] = ..., custom: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
