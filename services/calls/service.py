@@ -93,6 +93,8 @@ class CallService(pb_grpc.CallServiceServicer):
         call_type = validation.call_type(request.type) if request.HasField("type") else None
         custom = validation.custom_data(request.custom) if request.HasField("custom") else None
         applied = await self.calls.start(**ids, call_type=call_type, custom=custom)
+        if not applied.call.live:  # over as it began (busy): nothing to join
+            return pb.StartCallResponse(call=applied.message)
         return pb.StartCallResponse(
             call=applied.message, livekit=self._livekit(applied, ids["user"])
         )

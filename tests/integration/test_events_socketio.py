@@ -24,7 +24,7 @@ import socketio
 from sendsar.calls.v1 import events_pb2
 
 from devstack.procs import free_port, http_ok
-from services.common.auth import mint_session
+from services.common.auth import RingTokens, mint_session
 from services.common.models import new_id
 from services.common.settings import DEV_SESSION_KEY
 from services.events import types as events
@@ -286,10 +286,15 @@ def _token(kind: str, tenant: Tenant) -> str | None:
         return tenant.api_key
     if kind == "garbage":
         return "not-a-jwt"
+    if kind == "ring":  # answers one call through REST; never a session
+        ring = RingTokens(DEV_SESSION_KEY)
+        return ring.mint(
+            tenant_id=tenant.tenant_id, call_id="call_1", user_id="bob", expires_at=2**40
+        )
     return None  # missing
 
 
-@pytest.mark.parametrize("kind", ["forged", "expired", "missing", "garbage", "api_key"])
+@pytest.mark.parametrize("kind", ["forged", "expired", "missing", "garbage", "api_key", "ring"])
 async def test_bad_tokens_are_refused_with_a_reason(
     stack: Stack, bridge: None, tenant: Tenant, kind: str
 ) -> None:
@@ -392,7 +397,8 @@ async def test_nats_restart_loses_nothing_and_duplicates_nothing(
     after = await asyncio.to_thread(_lifecycles, tenant, rooms[3:])
 
     wanted = await asyncio.to_thread(_outbox_events_for, stack, tenant.tenant_id, "bob")
-    assert len(wanted) == 3 * len(before + during + after)  # invite, accepted, ended each
+    # invite, accepted, ring_stopped, ended each
+    assert len(wanted) == 4 * len(before + during + after)
 
     def received() -> set[str]:
         return {d["id"] for _, d in bob_device.events}
@@ -407,6 +413,7 @@ async def test_nats_restart_loses_nothing_and_duplicates_nothing(
         assert [t for t, d in bob_device.events if d["call"]["id"] == call_id] == [
             "call.invite",
             "call.accepted",
+            "call.ring_stopped",
             "call.ended",
         ]
     assert bob_device.sio.connected
@@ -450,10 +457,10 @@ async def test_nats_losing_its_store_is_survived(
     shutil.rmtree(stack.workdir / "nats")
     stack.start_nats()
     after = await asyncio.to_thread(_lifecycles, tenant, [room])
-    for event_type in ("call.invite", "call.accepted", "call.ended"):
+    for event_type in ("call.invite", "call.accepted", "call.ring_stopped", "call.ended"):
         await bob_device.wait_for(event_type, after[0], within=45)
     ids = [d["id"] for _, d in bob_device.events]
-    assert len(ids) == len(set(ids)) == 6
+    assert len(ids) == len(set(ids)) == 8
 
 
 def _wait_healthy(stack: Stack, within: float = 30) -> None:

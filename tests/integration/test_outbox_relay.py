@@ -69,12 +69,13 @@ def _lifecycle(tenant: Tenant, rooms: list[str]) -> list[str]:
 
 async def _expect_each_once(device: Device, call_ids: list[str]) -> None:
     for call_id in call_ids:
-        for event_type in ("call.invite", "call.accepted", "call.ended"):
+        for event_type in ("call.invite", "call.accepted", "call.ring_stopped", "call.ended"):
             await device.wait_for(event_type, call_id, within=30)
     await settle(2)
     for call_id in call_ids:
         ids = [d["id"] for t, d in device.events if d["call"]["id"] == call_id]
-        assert len(ids) == len(set(ids)) == 3, device.events  # invite, accepted, ended: once each
+        # invite, accepted, ring_stopped, ended: once each
+        assert len(ids) == len(set(ids)) == 4, device.events
 
 
 @pytest.mark.slow

@@ -20,7 +20,13 @@ from services.common.settings import DEV_SESSION_KEY
 from tests.conftest import Tenant, error_reason
 from tests.stack import Stack
 
-DEFAULTS = {"enabled": True, "maxParticipants": 8, "ringTimeoutSeconds": 45, "defaultType": "video"}
+DEFAULTS = {
+    "enabled": True,
+    "maxParticipants": 8,
+    "ringTimeoutSeconds": 45,
+    "defaultType": "video",
+    "busyPolicy": "ring",
+}
 SETTINGS = "/v1/tenant/settings"
 WEBHOOK = "/v1/tenant/webhook"
 
@@ -217,12 +223,14 @@ def test_successive_partial_patches_all_survive(tenant: Tenant) -> None:
     tenant.patch_settings(maxParticipants=5)
     tenant.patch_settings(ringTimeoutSeconds=20)
     tenant.patch_settings(defaultType="audio")
+    tenant.patch_settings(busyPolicy="reject")
     last = tenant.patch_settings(enabled=False)
     expected = {
         "enabled": False,
         "maxParticipants": 5,
         "ringTimeoutSeconds": 20,
         "defaultType": "audio",
+        "busyPolicy": "reject",
     }
     assert last == expected
     assert _settings(tenant) == expected
