@@ -36,6 +36,8 @@ HINTS = {
     ("ChatServiceAddMemberBody", "userId"): {"pattern": USER_ID},
     ("v1CreateSessionRequest", "userId"): {"pattern": USER_ID},
     ("v1CallSettingsUpdate", "defaultType"): {"enum": ["audio", "video"]},
+    ("v1CallSettingsUpdate", "busyPolicy"): {"enum": ["ring", "reject"]},
+    ("CallServiceRingCallBody", "userIds"): {"items": {"type": "string", "pattern": USER_ID}},
     ("CallServiceStartCallBody", "type"): {"enum": ["audio", "video"]},
     # Hosts that need no DNS and refuse at once: the dispatcher will try them.
     ("v1PutWebhookRequest", "url"): {"pattern": "^https?://(127\\.0\\.0\\.1|\\[::1\\]):9/.{0,40}$"},
@@ -63,6 +65,7 @@ DEFAULT_CALLS = {
     "maxParticipants": 8,
     "ringTimeoutSeconds": 45,
     "defaultType": "video",
+    "busyPolicy": "ring",
 }
 
 
