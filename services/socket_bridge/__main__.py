@@ -8,6 +8,7 @@ sockets (clients reconnect to another replica), then the lifespan drains NATS.
 
 import uvicorn
 
+from services.common import tracing
 from services.common.logging import configure_logging
 from services.common.settings import load_settings
 from services.socket_bridge.app import create_app
@@ -16,6 +17,7 @@ from services.socket_bridge.app import create_app
 def main() -> None:
     settings = load_settings(SERVICE_NAME="socket-bridge")
     configure_logging("socket-bridge", settings.LOG_LEVEL)
+    tracing.setup(settings)
     app, _ = create_app(settings)
     uvicorn.run(
         app,
