@@ -153,7 +153,9 @@ _TRACING_CLUSTER = """
     - name: otel_collector
       type: STRICT_DNS
       connect_timeout: 2s
-      load_assignment: {{cluster_name: otel_collector, endpoints: [{{lb_endpoints: {endpoints}}}]}}"""
+      load_assignment:
+        cluster_name: otel_collector
+        endpoints: [{{lb_endpoints: {endpoints}}}]"""
 
 
 def _tracing(endpoint: str, sample_percent: float) -> tuple[str, str]:
