@@ -2,8 +2,9 @@
 
 Env: HTTP_HOST/HTTP_PORT (listen address), DATABASE_URL (call.sync), NATS_* (see
 services/events/jetstream.py), SOCKETS_MAX_PER_USER/_TENANT, SESSION_SIGNING_KEY (or
-SESSION_SIGNING_KEY_FILE), LOG_LEVEL. SIGTERM: uvicorn stops accepting, closes the
-sockets (clients reconnect to another replica), then the lifespan drains NATS.
+SESSION_SIGNING_KEY_FILE), LOG_LEVEL, OTEL_EXPORTER_OTLP_ENDPOINT (tracing). SIGTERM:
+uvicorn stops accepting, closes the sockets (clients reconnect to another replica), then
+the lifespan drains NATS.
 """
 
 import uvicorn
