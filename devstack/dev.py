@@ -210,6 +210,9 @@ def write_envoy_config(cfg: Config) -> None:
             listen_port=port["DEV_REST_PORT"],
             admin_port=port["DEV_ENVOY_ADMIN_PORT"],
             cors_allowed_origins=os.environ.get("CORS_ALLOWED_ORIGINS", "*"),
+            # Tracing as the services have it (they inherit this environment).
+            tracing_endpoint=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+            tracing_sample_percent=float(os.environ.get("TRACING_SAMPLE_PERCENT", "100")),
         )
     )
 

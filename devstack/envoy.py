@@ -13,7 +13,7 @@ from pathlib import Path
 from string import Template
 
 from devstack import request_guard
-from services.common.settings import parse_cors_origins
+from services.common.settings import parse_cors_origins, parse_otlp_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
@@ -133,6 +133,43 @@ _DEMO_CLUSTER = """
       load_assignment: {{cluster_name: demo, endpoints: [{{lb_endpoints: {endpoints}}}]}}"""
 
 
+# Tracing (OTEL_EXPORTER_OTLP_ENDPOINT set): Envoy's OpenTelemetry tracer starts a trace
+# for each request, or continues the client's `traceparent`, and sends its own span's
+# traceparent upstream, so the services' spans are children of Envoy's. Spans go to the
+# same collector as the services', over OTLP/HTTP.
+_TRACING = """
+                tracing:
+                  random_sampling: {{value: {percent}}}
+                  provider:
+                    name: envoy.tracers.opentelemetry
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                      service_name: envoy
+                      http_service:
+                        http_uri: {{uri: "{uri}", cluster: otel_collector, timeout: 5s}}"""
+
+# By DNS name or address alike (a collector is usually named, also on a laptop).
+_TRACING_CLUSTER = """
+    - name: otel_collector
+      type: STRICT_DNS
+      connect_timeout: 2s
+      load_assignment:
+        cluster_name: otel_collector
+        endpoints: [{{lb_endpoints: {endpoints}}}]"""
+
+
+def _tracing(endpoint: str, sample_percent: float) -> tuple[str, str]:
+    """The connection manager's tracing block and the collector's cluster ("" when off)."""
+    parsed = parse_otlp_endpoint(endpoint)
+    if parsed is None:
+        return "", ""
+    host, port, uri = parsed
+    return (
+        _TRACING.format(percent=sample_percent, uri=uri),
+        _TRACING_CLUSTER.format(endpoints=_endpoints([f"{host}:{port}"])),
+    )
+
+
 def _indent(text: str, spaces: int) -> str:
     return "\n".join((" " * spaces + line) if line else "" for line in text.splitlines())
 
@@ -172,7 +209,10 @@ def render(
     rate_limit_per_second: int = 2000,
     cors_allowed_origins: str = "*",
     max_connections: int = 10000,
+    tracing_endpoint: str = "",
+    tracing_sample_percent: float = 100.0,
 ) -> str:
+    tracing, tracing_cluster = _tracing(tracing_endpoint, tracing_sample_percent)
     return Template(TEMPLATE.read_text()).substitute(
         LISTEN_HOST=listen_host,
         LISTEN_PORT=listen_port,
@@ -196,6 +236,8 @@ def render(
             if upstreams.demo
             else ""
         ),
+        TRACING=tracing,
+        TRACING_CLUSTER=tracing_cluster,
     )
 
 
@@ -233,6 +275,8 @@ def main() -> None:
             descriptors=Path("/etc/envoy/descriptors.binpb"),
             discovery="STRICT_DNS",
             cors_allowed_origins=os.environ.get("CORS_ALLOWED_ORIGINS", "*"),
+            tracing_endpoint=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+            tracing_sample_percent=float(os.environ.get("TRACING_SAMPLE_PERCENT", "100")),
         )
     )
 

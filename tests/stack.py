@@ -150,7 +150,11 @@ class Stack:
         config = self.workdir / "envoy.yaml"
         config.write_text(
             envoy.render(
-                self.upstreams(), listen_port=self.envoy_port, admin_port=self.envoy_admin_port
+                self.upstreams(),
+                listen_port=self.envoy_port,
+                admin_port=self.envoy_admin_port,
+                # Envoy traces into the same collector as the stack's services.
+                tracing_endpoint=self.settings.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
             )
         )
         self.procs["envoy"] = Proc("envoy", envoy.command(config), python_env({}), self.workdir)

@@ -28,6 +28,7 @@ from sendsar.calls.v1 import events_pb2
 
 from services.calls import history
 from services.calls.domain import Call, CallPolicy, Change, Event, Participant
+from services.common import tracing
 from services.common.models import new_id
 from services.events.types import NOTIFY_CHANNEL, RING_STOPPED, subject
 
@@ -147,8 +148,8 @@ READ_START_CONTEXT = _START_CONTEXT.replace("{lock}", "")
 # lane), so a relay wakes only those.
 _WRITE_TAIL = """
 o AS (
-    INSERT INTO outbox (id, tenant_id, subject, payload)
-    SELECT o.id, %(tenant)s, o.subject, o.payload
+    INSERT INTO outbox (id, tenant_id, subject, payload, traceparent)
+    SELECT o.id, %(tenant)s, o.subject, o.payload, %(traceparent)s::text
     FROM unnest(%(o_id)s::text[], %(o_subject)s::text[], %(o_payload)s::bytea[])
          AS o(id, subject, payload){gate}
     RETURNING lane
@@ -549,6 +550,8 @@ def _write_params(
         "o_id": ids,
         "o_subject": subjects,
         "o_payload": payloads,
+        # The RPC's trace context for every event it wrote (None while tracing is off).
+        "traceparent": tracing.current_traceparent(),
         "h_write": ended_now,
         "h_id": new_id("msg"),
         "h_sender": call.created_by,

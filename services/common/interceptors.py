@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import auth, validation
+from services.common import auth, tracing, validation
 from services.common.errors import INTERNAL, ServiceError, unauthenticated
 from services.common.logging import log_fields, request_id_var, tenant_id_var
 from services.common.models import API_KEYS
@@ -237,6 +237,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             auth.principal_var.set(None)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            span = tracing.rpc_span(method, metadata)  # None while tracing is off
             try:
                 if policy is auth.Policy.PUBLIC:
                     self.limiter.check_public(method)
@@ -266,6 +267,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort_with_status(INTERNAL.to_status())
             finally:
                 elapsed = time.perf_counter() - started
+                if span is not None:
+                    span.end(code)
                 RPC_HANDLED.labels(short, code.name).inc()
                 RPC_SECONDS.labels(short).observe(elapsed)
                 # Every RPC is counted and timed above, and Envoy can log access; a log line

@@ -235,6 +235,9 @@ class OutboxEvent(SQLModel, table=True):
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime | None = _ts(default_now=True)
     published_at: datetime | None = _ts(nullable=True)
+    # W3C traceparent of the RPC that wrote the event (services/common/tracing.py); NULL
+    # while tracing is off. The relay sends it on as a NATS header.
+    traceparent: str | None = None
     # The relay lane of the tenant (services/events/relay.py), computed by the database.
     lane: int | None = Field(
         default=None,

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import auth, workers
+from services.common import auth, tracing, workers
 from services.common.db import create_engine, wait_for_database
 from services.common.interceptors import Authenticator, RpcInterceptor
 from services.common.logging import configure_logging
@@ -137,5 +137,6 @@ def main(service: str, build: Callable[[Settings, AsyncEngine], Awaitable[Servic
     configure_logging(service, settings.LOG_LEVEL)
     if settings.WORKERS > 1:
         raise SystemExit(workers.supervise(settings))
+    tracing.setup(settings)  # in the worker: the supervisor serves nothing
     # uvloop: a faster event loop for every service (grpc.aio runs on it).
     uvloop.run(serve(settings, build))

@@ -20,6 +20,26 @@ DEV_LIVEKIT_KEY = "devkey"
 DEV_LIVEKIT_SECRET = "dev-only-livekit-secret-change-me-000000000000"
 
 _ORIGIN = re.compile(r"^https?://[^/\s,]+$")
+# A collector's OTLP/HTTP base URL: plain http (an in-cluster collector or agent; TLS to a
+# remote backend is the collector's business), host, optional port and path prefix.
+_OTLP_ENDPOINT = re.compile(r"^http://(?P<host>[^/:\s]+)(?::(?P<port>\d{1,5}))?(?P<path>/\S*)?$")
+
+
+def parse_otlp_endpoint(value: str) -> tuple[str, int, str] | None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT as (host, port, traces URL), or None when empty (tracing
+    off). Shared by the services' exporter and the Envoy renderer, so both export to the
+    same collector. As in the OpenTelemetry convention, /v1/traces follows the base URL."""
+    if not value:
+        return None
+    match = _OTLP_ENDPOINT.match(value)
+    if match is None or not 0 < int(match["port"] or 80) < 65536:
+        raise ValueError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT: empty (tracing off) or an OTLP/HTTP base URL like"
+            " http://otel-collector:4318"
+        )
+    host, port = match["host"], int(match["port"] or 80)
+    base = value.rstrip("/")
+    return host, port, f"{base}/v1/traces"
 
 
 def parse_cors_origins(value: str) -> list[str]:
@@ -109,6 +129,18 @@ class Settings(BaseSettings):
     WEBHOOK_BASE_DELAY_SECONDS: float = 1.0
     WEBHOOK_MAX_DELAY_SECONDS: float = 3600.0
     WEBHOOK_CONCURRENCY: int = 32
+
+    # tracing (services/common/tracing.py): off while the endpoint is empty. The share of
+    # traced requests is decided once, by Envoy for REST (and by a service for a request
+    # that came without a trace context); everything downstream follows that decision.
+    OTEL_EXPORTER_OTLP_ENDPOINT: str = ""
+    TRACING_SAMPLE_PERCENT: float = Field(default=100.0, ge=0, le=100)
+
+    @field_validator("OTEL_EXPORTER_OTLP_ENDPOINT")
+    @classmethod
+    def _valid_otlp_endpoint(cls, value: str) -> str:
+        parse_otlp_endpoint(value)
+        return value
 
     @field_validator("CORS_ALLOWED_ORIGINS")
     @classmethod

@@ -13,6 +13,10 @@ handler and picks one of two ways to read:
   event goes to one of them; a batch is acknowledged only after its handler returned,
   and handed back (nak) when the handler raised.
 
+Handlers get the events of a batch and, in the same order, the trace context each was
+published with (`traceparent` header; None for every event while tracing is off, when
+no header is even read).
+
 Events are dropped, counted and logged, never handled, when undecodable or when their
 tenant differs from their subject's tenant (NATS is not trusted blindly: a publisher on
 one tenant's subject cannot reach another tenant's users or webhooks).
@@ -26,6 +30,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
 
 from google.protobuf.message import DecodeError
@@ -33,9 +38,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from opentelemetry.trace import Span, SpanKind
 from prometheus_client import Counter, Gauge
 from sendsar.calls.v1 import events_pb2
 
+from services.common import tracing
 from services.common.logging import log_fields
 from services.common.settings import Settings
 from services.events import types
@@ -43,7 +50,8 @@ from services.events.jetstream import connect, ensure_stream
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[list[events_pb2.CallEvent]], Awaitable[object]]
+# (events, the traceparent of each or None)
+Handler = Callable[[list[events_pb2.CallEvent], list[str | None]], Awaitable[object]]
 
 CONSUMED = Counter("events_consumed_total", "Call events handed to a handler", ["consumer"])
 DROPPED = Counter(
@@ -55,6 +63,28 @@ ACK_WAIT_SECONDS = 30
 CHECK_SECONDS = 5.0  # how often an idle consumer checks its consumer and stream still exist
 INACTIVE_SECONDS = 60  # an ephemeral consumer nobody reads any more is removed by NATS
 REMEMBER_IDS = 10_000
+
+
+def event_span(
+    name: str, event: events_pb2.CallEvent, parent: str | None
+) -> AbstractContextManager[Span | None]:
+    """A block timed by a span continuing the event's trace: a no-op block while tracing
+    is off or when the event carries no trace context (written outside any request)."""
+    if parent is None:
+        return tracing.NO_SPAN
+    return tracing.child_span(
+        name,
+        parent,
+        SpanKind.CONSUMER,
+        {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "sendsar.tenant_id": event.tenant_id,
+            "sendsar.event.id": event.id,
+            "sendsar.event.type": event.type,
+            "sendsar.call.id": event.call.id,
+        },
+    )
 
 
 def decode(msg: Msg) -> tuple[events_pb2.CallEvent | None, str | None]:
@@ -179,6 +209,8 @@ class EventConsumer:
     async def _take(self, msgs: list[Msg]) -> None:
         taken: list[Msg] = []
         batch: list[events_pb2.CallEvent] = []
+        parents: list[str | None] = []
+        traced = tracing.enabled()
         for msg in msgs:
             event, dropped = decode(msg)
             if event is None:
@@ -196,11 +228,12 @@ class EventConsumer:
                 continue
             taken.append(msg)
             batch.append(event)
+            parents.append(msg.headers.get(tracing.TRACEPARENT) if traced and msg.headers else None)
         if not batch:
             return
         CONSUMED.labels(self.name).inc(len(batch))
         try:
-            await self.handle(batch)
+            await self.handle(batch, parents)
         except Exception as exc:
             log.warning(
                 "call events not handled",

@@ -89,6 +89,7 @@ class OutboxRelay:
                         OUTBOX.c.subject,
                         OUTBOX.c.payload,
                         OUTBOX.c.created_at,
+                        OUTBOX.c.traceparent,
                     )
                     .where(OUTBOX.c.lane == lane, OUTBOX.c.published_at.is_(None))
                     .order_by(OUTBOX.c.seq)
@@ -99,7 +100,7 @@ class OutboxRelay:
                 return Round(0, stalled=False)
             outcomes = await publish_batch(
                 nc,
-                [Message(r.id, r.subject, bytes(r.payload)) for r in rows],
+                [Message(r.id, r.subject, bytes(r.payload), r.traceparent) for r in rows],
                 self.settings.OUTBOX_PUBLISH_TIMEOUT_SECONDS,
             )
             published = [

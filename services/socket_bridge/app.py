@@ -38,7 +38,7 @@ from services.common.db import create_engine
 from services.common.errors import ServiceError
 from services.common.logging import log_fields
 from services.common.settings import Settings
-from services.events.consumer import EventConsumer
+from services.events.consumer import EventConsumer, event_span
 from services.socket_bridge.sync import live_calls
 
 log = logging.getLogger(__name__)
@@ -206,10 +206,13 @@ class Bridge:
 
     # --- events --------------------------------------------------------------------------
 
-    async def emit_events(self, batch: list[events_pb2.CallEvent]) -> None:
-        for event in batch:
+    async def emit_events(
+        self, batch: list[events_pb2.CallEvent], parents: list[str | None]
+    ) -> None:
+        for event, parent in zip(batch, parents, strict=True):
             try:
-                await self.emit_event(event)
+                with event_span("socket-bridge emit", event, parent):
+                    await self.emit_event(event)
             except Exception as exc:  # one bad emit must not stop the stream
                 log.error(
                     "relaying a call event failed",

@@ -11,6 +11,7 @@ drops them). From here on the delivery lives in PostgreSQL, where retries are sc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from services.common.db import transaction
 from services.common.logging import log_fields
 from services.common.models import DELIVERIES, WEBHOOKS, new_id
 from services.common.settings import Settings
-from services.events.consumer import EventConsumer
+from services.events.consumer import EventConsumer, event_span
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,18 @@ class Intake:
             # Unacked events go to another replica after the consumer's ack wait.
             await self.consumer.close()
 
-    async def record(self, batch: list[events_pb2.CallEvent]) -> int:
-        """Queues deliveries for the events whose tenant subscribed to them; returns how many."""
+    async def record(self, batch: list[events_pb2.CallEvent], parents: list[str | None]) -> int:
+        """Queues deliveries for the events whose tenant subscribed to them; returns how many.
+
+        One transaction records the whole batch: each traced event's span covers it."""
+        if not any(parents):  # tracing off, or no event with a trace context
+            return await self._record(batch)
+        with contextlib.ExitStack() as spans:
+            for event, parent in zip(batch, parents, strict=True):
+                spans.enter_context(event_span("webhooks record", event, parent))
+            return await self._record(batch)
+
+    async def _record(self, batch: list[events_pb2.CallEvent]) -> int:
         # An event older than the retry window would only be recorded as failed (e.g. a
         # consumer created after a long outage replaying the stream): not queued at all.
         oldest = datetime.now(UTC) - timedelta(seconds=self.settings.WEBHOOK_MAX_AGE_SECONDS)
