@@ -142,13 +142,19 @@ def traced_stack(collector: Collector) -> Iterator[Stack]:
 
 
 def _wait_for(collector: Collector, trace_id: str, want: set[tuple[str, str]]) -> list[Span]:
-    """The trace's spans once Envoy's and every (service, span name) wanted have arrived
-    (Envoy exports its batches every 5 s)."""
+    """The trace's spans once Envoy's and every (service, span name) wanted have arrived,
+    each consumer's for every published event (Envoy exports its batches every 5 s; the
+    services' batches arrive in any order)."""
     deadline = time.monotonic() + 30
     while True:
         spans = collector.of_trace(trace_id)
         arrived = {(s.service, s.name) for s in spans}
-        if "envoy" in {s.service for s in spans} and want <= arrived:
+        published = sum(s.name == "outbox publish" for s in spans)
+        complete = all(
+            sum(s.name == name for s in spans) >= published
+            for name in ("socket-bridge emit", "webhooks record")
+        )
+        if "envoy" in {s.service for s in spans} and want <= arrived and complete:
             return spans
         if time.monotonic() > deadline:
             return spans  # the assertions say what is missing
