@@ -120,14 +120,6 @@ class Media:
             )
         return self._api
 
-    async def create_room(self, livekit_room: str, idle_seconds: int) -> None:
-        """Creates the call's media room up front (best effort: a client's join creates
-        it too). LiveKit keeps it `idle_seconds` while nobody has joined, longer than our
-        no-media grace, so the call's own deadline decides; LiveKit's departure timeout
-        (its reconnect grace) stays the server's."""
-        request = api.CreateRoomRequest(name=livekit_room, empty_timeout=idle_seconds)
-        await self._call("create_room", self._client().room.create_room(request))
-
     async def occupied_rooms(self) -> dict[str, int] | None:
         """Every media room and how many are in it; None when LiveKit cannot say."""
         try:

@@ -80,21 +80,18 @@ class CallTransitions:
         return replace(domain.require_enabled(loaded), media_grace=self.media_grace)
 
     def after_commit(self, before: Call | None, change: Change) -> None:
-        """LiveKit work of a committed change, in the background (never delays the reply)."""
+        """LiveKit work of a committed change, in the background (never delays the reply).
+
+        No media room is created when a call becomes active: LiveKit creates it at the
+        first join, and a call nobody joins ends by its own no-media clock. Creating it
+        up front cost a RoomService call and two LiveKit webhooks per call for nothing."""
         metrics.count(before, change)
         call = change.call
         if call.status == "ended" and before is not None and before.status != "ended":
             # (A call that ended as it began, busy, never had a media room.)
             self.ended_rooms.put_nowait((call.id, call.livekit_room))
-        elif call.status == "active" and (before is None or before.status != "active"):
-            # Outlives our grace, so the call's own no-media deadline decides.
-            idle = int(self.media_grace.total_seconds()) + 60
-            self._spawn(self._create_room(call.livekit_room, idle))
         for user_id in change.kicked:
             self._spawn(self.media.remove_participant(call.livekit_room, user_id))
-
-    async def _create_room(self, livekit_room: str, idle_seconds: int) -> None:
-        await self.media.create_room(livekit_room, idle_seconds)
 
     def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(job)
