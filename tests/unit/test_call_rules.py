@@ -23,18 +23,28 @@ def later(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def started(*members: str, by: str = "alice", policy: CallPolicy = POLICY, **kw: str) -> Call:
-    change = domain.new_call(
+def start(
+    *members: str,
+    by: str = "alice",
+    policy: CallPolicy = POLICY,
+    call_type: str | None = None,
+    callee_busy: bool = False,
+) -> Change:
+    return domain.new_call(
         call_id="call_1",
         tenant_id=TENANT,
         room_id=ROOM,
         members=list(members),
         user_id=by,
-        call_type=kw.get("call_type"),
+        call_type=call_type,
         policy=policy,
         now=T0,
+        callee_busy=callee_busy,
     )
-    return change.call
+
+
+def started(*members: str, by: str = "alice", policy: CallPolicy = POLICY) -> Call:
+    return start(*members, by=by, policy=policy).call
 
 
 def direct() -> Call:

@@ -15,13 +15,12 @@ from tests.unit.test_call_rules import (
     CONFLICT,
     FORBIDDEN,
     POLICY,
-    ROOM,
     T0,
-    TENANT,
     direct,
     group,
     later,
     refused,
+    start,
     states,
     types,
 )
@@ -34,17 +33,7 @@ def ring_stops(change: domain.Change) -> list[tuple[tuple[str, ...], str | None]
 
 
 def start_direct(*, busy: bool, policy: domain.CallPolicy = REJECT) -> domain.Change:
-    return domain.new_call(
-        call_id="call_1",
-        tenant_id=TENANT,
-        room_id=ROOM,
-        members=["alice", "bob"],
-        user_id="alice",
-        call_type=None,
-        policy=policy,
-        now=T0,
-        callee_busy=busy,
-    )
+    return start("alice", "bob", policy=policy, callee_busy=busy)
 
 
 # --- busy ----------------------------------------------------------------------------------
@@ -77,17 +66,7 @@ def test_ring_policy_a_busy_callee_still_rings_call_waiting() -> None:
 
 
 def test_busy_applies_to_direct_calls_only() -> None:
-    change = domain.new_call(
-        call_id="call_1",
-        tenant_id=TENANT,
-        room_id=ROOM,
-        members=["alice", "bob", "carol"],
-        user_id="alice",
-        call_type=None,
-        policy=REJECT,
-        now=T0,
-        callee_busy=True,
-    )
+    change = start("alice", "bob", "carol", policy=REJECT, callee_busy=True)
     assert change.call.status == "active"
 
 
