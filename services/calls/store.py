@@ -103,12 +103,11 @@ BUMP = "UPDATE calls SET version = version + 1 WHERE id = %(call)s"
 # every write that puts a user in one. Keys in one order, so two holders never wait on
 # each other; the two-int key space is apart from the single-key locks used elsewhere.
 USER_LOCK_CLASS = 7272
-_USER_LOCKS = f"""
+LOCK_USERS = f"""
 SELECT count(pg_advisory_xact_lock({USER_LOCK_CLASS}, k)) FROM (
     SELECT DISTINCT hashtext(%(tenant)s || '/' || u) AS k
     FROM unnest(%(lock_users)s::text[]) u ORDER BY 1
 ) keys"""
-LOCK_USERS = _USER_LOCKS
 
 # Whether a user is joined in a live call of another room. Run after LOCK_USERS, in a
 # statement of its own: it must see what the lock's previous holders committed.
@@ -184,7 +183,7 @@ p AS (
         %(p_joined)s::timestamptz[], %(p_left)s::timestamptz[], %(p_ever)s::boolean[],
         %(p_ring)s::timestamptz[]) AS p
 ),"""
-    + _WRITE_TAIL.format(gate=", c", user_locks=_USER_LOCKS)
+    + _WRITE_TAIL.format(gate=", c", user_locks=LOCK_USERS)
     + f"""
 SELECT id, (SELECT pg_notify('{NOTIFY_CHANNEL}', string_agg(DISTINCT lane::text, ','))
             FROM o),
@@ -213,7 +212,7 @@ p AS (
         joined_at = excluded.joined_at, left_at = excluded.left_at,
         ever_joined = excluded.ever_joined, ring_deadline = excluded.ring_deadline
 ),"""
-    + _WRITE_TAIL.format(gate="", user_locks=_USER_LOCKS)
+    + _WRITE_TAIL.format(gate="", user_locks=LOCK_USERS)
     + f"""
 SELECT (SELECT * FROM u),
        (SELECT pg_notify('{NOTIFY_CHANNEL}', lanes)

@@ -210,10 +210,12 @@ class CallTransitions:
         applied = await self.save(conn, loaded.call, change, loaded.now)
         return loaded.call, change, applied
 
-    async def _on_call(
-        self, *, tenant: str, room: str, call: str, user: str | None, rule: Rule
-    ) -> Applied:
-        """A transition of one live call by one room member (None: by the tenant)."""
+    @asynccontextmanager
+    async def _locked(
+        self, *, tenant: str, room: str, call: str, user: str | None
+    ) -> AsyncIterator[tuple[AsyncConnection[Any], Call, CallPolicy, datetime]]:
+        """A transaction holding one live call's row lock, opened for a room member (None:
+        the tenant): the connection, the call, the tenant's policy and the time."""
         async with self.transaction() as conn:
             loaded = await store.load_for_update(
                 conn, tenant=tenant, room=room, call=call, user=user or ""
@@ -222,8 +224,16 @@ class CallTransitions:
             domain.require_member(loaded.room_exists, loaded.is_member or user is None)
             before = domain.require_live(loaded.call)
             call_id_var.set(before.id)
-            change = rule(before, policy, loaded.now)
-            applied = await self.save(conn, before, change, loaded.now)
+            yield conn, before, policy, loaded.now
+
+    async def _on_call(
+        self, *, tenant: str, room: str, call: str, user: str | None, rule: Rule
+    ) -> Applied:
+        """A transition of one live call by one room member (None: by the tenant)."""
+        locked = self._locked(tenant=tenant, room=room, call=call, user=user)
+        async with locked as (conn, before, policy, now):
+            change = rule(before, policy, now)
+            applied = await self.save(conn, before, change, now)
         return self._finish(before, change, applied)
 
     async def accept(self, *, tenant: str, room: str, call: str, user: str) -> Applied:
@@ -268,17 +278,12 @@ class CallTransitions:
     async def ring_again(
         self, *, tenant: str, room: str, call: str, user: str, targets: list[str]
     ) -> Applied:
-        async with self.transaction() as conn:
-            loaded = await store.load_for_update(
-                conn, tenant=tenant, room=room, call=call, user=user
-            )
-            self.policy(loaded.policy)
-            domain.require_member(loaded.room_exists, loaded.is_member)
-            before = domain.require_live(loaded.call)
-            call_id_var.set(before.id)
+        locked = self._locked(tenant=tenant, room=room, call=call, user=user)
+        async with locked as (conn, before, _, now):
+            # Read after the call's lock, like the caller's own membership.
             members = await store.members_among(conn, room, targets)
-            change = domain.ring_again(before, user, targets, members, loaded.now)
-            applied = await self.save(conn, before, change, loaded.now)
+            change = domain.ring_again(before, user, targets, members, now)
+            applied = await self.save(conn, before, change, now)
         return self._finish(before, change, applied)
 
     # --- moderation ---------------------------------------------------------------------

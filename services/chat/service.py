@@ -124,9 +124,7 @@ class ChatService(pb_grpc.ChatServiceServicer):
 
     async def CreateRoom(self, request: pb.CreateRoomRequest, context: Any) -> pb.Room:
         tenant_id = current_principal().tenant_id
-        if not 1 <= len(request.members) <= MAX_MEMBERS:
-            raise invalid("members", f"must list 1 to {MAX_MEMBERS} user ids")
-        members = list(dict.fromkeys(validation.user_id(m, "members") for m in request.members))
+        members = validation.user_ids(request.members, "members", most=MAX_MEMBERS)
         name = request.name if request.HasField("name") else ""
         if len(name) > MAX_NAME:
             raise invalid("name", f"must be at most {MAX_NAME} characters")
