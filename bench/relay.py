@@ -18,7 +18,6 @@ import uuid
 import psycopg
 from sendsar.calls.v1 import events_pb2
 
-from services.common.db import create_engine
 from services.common.settings import load_settings
 from services.events import types
 from services.events.jetstream import connect, ensure_stream
@@ -69,8 +68,7 @@ async def relay_events_per_second(database_url: str, nats_url: str, events: int 
         DATABASE_URL=database_url, NATS_URL=nats_url, OUTBOX_POLL_SECONDS=0.05, ENV="test"
     )
     await asyncio.to_thread(write_outbox, database_url, events)
-    engine = create_engine(settings, pool_size=10)
-    relay = OutboxRelay(settings, engine)
+    relay = OutboxRelay(settings)
     started = time.perf_counter()
     task = asyncio.create_task(relay.run())
     try:
@@ -84,7 +82,6 @@ async def relay_events_per_second(database_url: str, nats_url: str, events: int 
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await engine.dispose()
 
 
 async def compare_publishing(database_url: str, nats_url: str) -> dict[str, float]:

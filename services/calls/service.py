@@ -7,8 +7,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 from sendsar.calls.v1 import calls_pb2 as pb
 from sendsar.calls.v1 import calls_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,7 +17,7 @@ from services.calls.media import Media
 from services.calls.transitions import Applied, CallTransitions
 from services.common import validation
 from services.common.auth import Kind, Policy, RingTokens, current_principal
-from services.common.db import connect_params
+from services.common.db import open_pool
 from services.common.errors import unauthenticated
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
@@ -179,22 +177,9 @@ class CallService(pb_grpc.CallServiceServicer):
         return empty_pb2.Empty()
 
 
-async def open_pool(settings: Settings) -> AsyncConnectionPool[AsyncConnection[Any]]:
-    """The call path's own psycopg pool (autocommit: transactions are explicit)."""
-    pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-        settings.libpq_url,
-        min_size=2,
-        max_size=settings.DB_POOL_SIZE,
-        kwargs={"autocommit": True, **connect_params(settings)},
-        open=False,
-    )
-    await pool.open(wait=True, timeout=settings.DB_WAIT_SECONDS)
-    return pool
-
-
 async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     media = Media(settings)
-    pool = await open_pool(settings)
+    pool = await open_pool(settings, settings.DB_POOL_SIZE, min_size=2)
     calls = CallTransitions(
         pool,
         media,

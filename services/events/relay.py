@@ -26,18 +26,18 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from psycopg.pq import TransactionStatus
 
-from services.common.db import connect_params, create_engine, transaction
+from services.common.db import Pool, connect_params, create_engine, open_pool
 from services.common.logging import log_fields
-from services.common.models import DEAD_LETTERS, OUTBOX, OUTBOX_LANES
+from services.common.models import OUTBOX_LANES
 from services.common.settings import Settings
 from services.events import retention, types
 from services.events.jetstream import connect, ensure_stream
@@ -56,6 +56,43 @@ MAX_BACKOFF_SECONDS = 5.0
 PROBE_SECONDS = 1.0
 
 
+# A lane's round in plain psycopg over the simple-query protocol, where one round trip can
+# carry several statements: BEGIN + lock + read in one, mark + COMMIT in another. Through
+# SQLAlchemy a round was six round trips (pre-ping, BEGIN, lock, read, mark, COMMIT) and
+# the relay's share of the call path's CPU showed in the profile (bench/README.md). Only
+# integers the relay itself holds are ever formatted into these statements.
+#
+# The lock is an uncorrelated subquery: PostgreSQL evaluates it once, before the scan,
+# and a lane another replica leads reads nothing.
+TAKE = """BEGIN;
+SELECT seq, id, tenant_id, subject, payload, created_at, traceparent FROM outbox
+WHERE (SELECT pg_try_advisory_xact_lock({lock_class}, {lane}))
+  AND lane = {lane} AND published_at IS NULL
+ORDER BY seq LIMIT {limit}"""
+MARK = "UPDATE outbox SET published_at = now() WHERE seq = ANY('{{{seqs}}}'::bigint[]); COMMIT"
+INSERT_DEAD = """
+INSERT INTO outbox_dead_letters (seq, id, tenant_id, subject, payload, error, attempts, created_at)
+VALUES (%(seq)s, %(id)s, %(tenant_id)s, %(subject)s, %(payload)s, %(error)s, %(attempts)s,
+        %(created_at)s)"""
+DELETE_DEAD = "DELETE FROM outbox WHERE seq = ANY(%(seqs)s)"
+OLDEST = """
+SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox
+WHERE published_at IS NULL"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An outbox row not yet published, as TAKE reads it."""
+
+    seq: int
+    id: str
+    tenant_id: str
+    subject: str
+    payload: bytes
+    created_at: datetime
+    traceparent: str | None
+
+
 @dataclass(frozen=True)
 class Round:
     taken: int  # events published or dead-lettered
@@ -63,66 +100,52 @@ class Round:
 
 
 class OutboxRelay:
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = engine
         self.wakeups = [asyncio.Event() for _ in range(OUTBOX_LANES)]
         self.failures: dict[str, int] = {}  # event id -> failed rounds (this replica's count)
 
     # --- one batch of one lane ---------------------------------------------------------
 
-    async def relay_lane(self, nc: NATS, lane: int) -> Round:
+    async def relay_lane(self, pool: Pool, nc: NATS, lane: int) -> Round:
         if not nc.is_connected:
             return Round(0, stalled=True)
-        async with transaction(self.engine) as conn:
-            locked = (
-                await conn.execute(select(func.pg_try_advisory_xact_lock(LOCK_CLASS, lane)))
-            ).scalar()
-            if not locked:  # another replica leads this lane right now
-                return Round(0, stalled=False)
-            rows = (
-                await conn.execute(
-                    select(
-                        OUTBOX.c.seq,
-                        OUTBOX.c.id,
-                        OUTBOX.c.tenant_id,
-                        OUTBOX.c.subject,
-                        OUTBOX.c.payload,
-                        OUTBOX.c.created_at,
-                        OUTBOX.c.traceparent,
-                    )
-                    .where(OUTBOX.c.lane == lane, OUTBOX.c.published_at.is_(None))
-                    .order_by(OUTBOX.c.seq)
-                    .limit(self.settings.OUTBOX_BATCH_SIZE)
-                )
-            ).all()
-            if not rows:
-                return Round(0, stalled=False)
-            outcomes = await publish_batch(
-                nc,
-                [Message(r.id, r.subject, bytes(r.payload), r.traceparent) for r in rows],
-                self.settings.OUTBOX_PUBLISH_TIMEOUT_SECONDS,
-            )
-            published = [
-                r for r, o in zip(rows, outcomes, strict=True) if o.result is Result.PUBLISHED
-            ]
-            failed = [
-                (r, o) for r, o in zip(rows, outcomes, strict=True) if o.result is Result.FAILED
-            ]
-            # A failure counts against its event only while JetStream demonstrably works.
-            blame = bool(failed) and (bool(published) or await self._jetstream_answers(nc))
-            dead = self._dead(rows, outcomes, blame)
-            if published:
-                await conn.execute(
-                    update(OUTBOX)
-                    .where(OUTBOX.c.seq.in_([r.seq for r in published]))
-                    .values(published_at=func.now())
-                )
-            if dead:
-                await conn.execute(insert(DEAD_LETTERS), [values for values, _ in dead])
-                await conn.execute(
-                    delete(OUTBOX).where(OUTBOX.c.seq.in_([values["seq"] for values, _ in dead]))
-                )
+        async with pool.connection() as conn:
+            try:
+                return await self._round(conn, nc, lane)
+            finally:
+                # A round that failed half-way leaves its transaction open: end it here,
+                # releasing the lane, rather than leave it to the pool's warning.
+                if conn.info.transaction_status != TransactionStatus.IDLE and not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("ROLLBACK")
+
+    async def _round(self, conn: psycopg.AsyncConnection[Any], nc: NATS, lane: int) -> Round:
+        cur = conn.cursor()
+        take = TAKE.format(
+            lock_class=LOCK_CLASS, lane=int(lane), limit=int(self.settings.OUTBOX_BATCH_SIZE)
+        )
+        await cur.execute(take)
+        cur.nextset()  # past BEGIN's result
+        rows = [Pending(*row) for row in await cur.fetchall()]
+        if not rows:  # nothing new, or another replica leads this lane right now
+            await conn.execute("ROLLBACK")
+            return Round(0, stalled=False)
+        outcomes = await publish_batch(
+            nc,
+            [Message(r.id, r.subject, bytes(r.payload), r.traceparent) for r in rows],
+            self.settings.OUTBOX_PUBLISH_TIMEOUT_SECONDS,
+        )
+        published = [r for r, o in zip(rows, outcomes, strict=True) if o.result is Result.PUBLISHED]
+        failed = [(r, o) for r, o in zip(rows, outcomes, strict=True) if o.result is Result.FAILED]
+        # A failure counts against its event only while JetStream demonstrably works.
+        blame = bool(failed) and (bool(published) or await self._jetstream_answers(nc))
+        dead = self._dead(rows, outcomes, blame)
+        if dead:
+            await cur.executemany(INSERT_DEAD, [values for values, _ in dead])
+            await cur.execute(DELETE_DEAD, {"seqs": [values["seq"] for values, _ in dead]})
+        seqs = ",".join(str(int(r.seq)) for r in published)
+        await conn.execute(MARK.format(seqs=seqs) if published else "COMMIT")
         PUBLISHED.inc(len(published))
         for r in published:
             self.failures.pop(r.id, None)
@@ -151,7 +174,7 @@ class OutboxRelay:
         )
 
     def _dead(
-        self, rows: Sequence[Any], outcomes: list[Outcome], blame: bool
+        self, rows: Sequence[Pending], outcomes: list[Outcome], blame: bool
     ) -> list[tuple[dict[str, Any], str]]:
         """The dead-letter rows of this round, with the reason for each."""
         dead: list[tuple[dict[str, Any], str]] = []
@@ -193,13 +216,13 @@ class OutboxRelay:
 
     # --- loops -------------------------------------------------------------------------
 
-    async def _lane(self, nc: NATS, lane: int) -> None:
+    async def _lane(self, pool: Pool, nc: NATS, lane: int) -> None:
         backoff = 0.0
         wakeup = self.wakeups[lane]
         while True:
             wakeup.clear()  # a NOTIFY from here on wakes the next wait
             try:
-                result = await self.relay_lane(nc, lane)
+                result = await self.relay_lane(pool, nc, lane)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # database away, or NATS trouble: this lane waits
@@ -218,14 +241,12 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), self.settings.OUTBOX_POLL_SECONDS)
 
-    async def _watch_lag(self) -> None:
-        oldest = select(
-            func.coalesce(func.extract("epoch", func.now() - func.min(OUTBOX.c.created_at)), 0)
-        ).where(OUTBOX.c.published_at.is_(None))
+    async def _watch_lag(self, pool: Pool) -> None:
         while True:
             try:
-                async with self.engine.connect() as conn:
-                    LAG.set(float((await conn.execute(oldest)).scalar() or 0))
+                async with pool.connection() as conn:
+                    row = await (await conn.execute(OLDEST)).fetchone()
+                    LAG.set(float(row[0] if row else 0))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -233,15 +254,21 @@ class OutboxRelay:
             await asyncio.sleep(self.settings.OUTBOX_POLL_SECONDS)
 
     async def run(self) -> None:
-        nc = await connect(self.settings, "outbox-relay")
+        # Its own connections: a lane stuck on NATS holds one of these, never a request's.
+        pool = await open_pool(self.settings, OUTBOX_LANES + 1)
         try:
-            await ensure_stream(nc, self.settings)
-            await asyncio.gather(
-                *(self._lane(nc, lane) for lane in range(OUTBOX_LANES)), self._watch_lag()
-            )
+            nc = await connect(self.settings, "outbox-relay")
+            try:
+                await ensure_stream(nc, self.settings)
+                await asyncio.gather(
+                    *(self._lane(pool, nc, lane) for lane in range(OUTBOX_LANES)),
+                    self._watch_lag(pool),
+                )
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(nc.drain(), 5)
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.drain(), 5)
+            await pool.close()
 
     async def listen(self) -> None:
         """Wakes the lanes a committed transaction wrote to, in every replica (LISTEN/
@@ -269,9 +296,8 @@ class RelayJobs:
 
 
 def relay_jobs(settings: Settings) -> RelayJobs:
-    # Its own pool: a lane stuck on NATS holds one of these, never a request's connection.
-    engine = create_engine(settings, pool_size=OUTBOX_LANES + 1)
-    relay = OutboxRelay(settings, engine)
+    relay = OutboxRelay(settings)
+    engine = create_engine(settings, pool_size=1)  # retention's, a batch at a time
 
     async def prune() -> None:
         await retention.run(settings, engine, [retention.OUTBOX, retention.DEAD_LETTERS])

@@ -224,8 +224,7 @@ async def test_an_event_failing_again_and_again_is_dead_lettered_and_counted(
         return REGISTRY.get_sample_value("outbox_dead_letters_total", {"reason": "failing"}) or 0
 
     before = counted()
-    engine = create_engine(settings, pool_size=2)
-    task = asyncio.create_task(OutboxRelay(settings, engine).run())
+    task = asyncio.create_task(OutboxRelay(settings).run())
     try:
         dead = await _poll(
             lambda: _query(
@@ -242,7 +241,6 @@ async def test_an_event_failing_again_and_again_is_dead_lettered_and_counted(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await engine.dispose()
 
 
 def _held_lanes(database_url: str, pid: int) -> list[int]:
