@@ -19,7 +19,7 @@ from services.webhooks.intake import Intake
 
 async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     deliverer = Deliverer(settings, engine)
-    intake = Intake(settings, engine, on_queued=deliverer.wakeup.set)
+    intake = Intake(settings, on_queued=deliverer.wakeup.set)
 
     async def prune() -> None:
         await retention.run(settings, engine, [retention.WEBHOOK_DELIVERIES])
