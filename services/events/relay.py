@@ -49,11 +49,18 @@ PUBLISHED = Counter("outbox_events_published_total", "Outbox events published to
 DEAD = Counter(
     "outbox_dead_letters_total", "Outbox events moved to the dead-letter table", ["reason"]
 )  # refused | failing
+ROUNDS = Counter(
+    "outbox_relay_rounds_total", "Relay rounds of this replica by what they found", ["found"]
+)  # events | nothing | led_elsewhere (another replica held the lane)
 LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox event (0: none)")
 
 LOCK_CLASS = 727275  # advisory locks (LOCK_CLASS, lane)
 MAX_BACKOFF_SECONDS = 5.0
 PROBE_SECONDS = 1.0
+# A replica that found a lane led by another lets that leader answer a wake-up first:
+# every replica hears every NOTIFY, and all but one would lose the lock race, a
+# transaction each. It still tries, this much later, so a dead leader is replaced.
+FOLLOW_SECONDS = 0.25
 
 
 # A lane's round in plain psycopg over the simple-query protocol, where one round trip can
@@ -62,13 +69,17 @@ PROBE_SECONDS = 1.0
 # the relay's share of the call path's CPU showed in the profile (bench/README.md). Only
 # integers the relay itself holds are ever formatted into these statements.
 #
-# The lock is an uncorrelated subquery: PostgreSQL evaluates it once, before the scan,
-# and a lane another replica leads reads nothing.
+# The lock is taken once, in a one-row subquery; the outbox is read only when it is held
+# (a one-time filter: a lane another replica leads costs no scan), and the first column
+# says whether it was, so a replica knows whether it leads the lane.
 TAKE = """BEGIN;
-SELECT seq, id, tenant_id, subject, payload, created_at, traceparent FROM outbox
-WHERE (SELECT pg_try_advisory_xact_lock({lock_class}, {lane}))
-  AND lane = {lane} AND published_at IS NULL
-ORDER BY seq LIMIT {limit}"""
+SELECT l.held, o.seq, o.id, o.tenant_id, o.subject, o.payload, o.created_at, o.traceparent
+FROM (SELECT pg_try_advisory_xact_lock({lock_class}, {lane}) AS held) l
+LEFT JOIN LATERAL (
+    SELECT * FROM outbox WHERE l.held AND lane = {lane} AND published_at IS NULL
+    ORDER BY seq LIMIT {limit}
+) o ON true
+ORDER BY o.seq"""
 MARK = "UPDATE outbox SET published_at = now() WHERE seq = ANY('{{{seqs}}}'::bigint[]); COMMIT"
 INSERT_DEAD = """
 INSERT INTO outbox_dead_letters (seq, id, tenant_id, subject, payload, error, attempts, created_at)
@@ -97,6 +108,7 @@ class Pending:
 class Round:
     taken: int  # events published or dead-lettered
     stalled: bool  # some events could not be published: back off before the next round
+    held: bool = False  # this replica had the lane's lock (False: another leads it)
 
 
 class OutboxRelay:
@@ -127,10 +139,13 @@ class OutboxRelay:
         )
         await cur.execute(take)
         cur.nextset()  # past BEGIN's result
-        rows = [Pending(*row) for row in await cur.fetchall()]
+        found = await cur.fetchall()
+        held = bool(found[0][0])
+        rows = [Pending(*row[1:]) for row in found if row[1] is not None]
         if not rows:  # nothing new, or another replica leads this lane right now
             await conn.execute("ROLLBACK")
-            return Round(0, stalled=False)
+            ROUNDS.labels("nothing" if held else "led_elsewhere").inc()
+            return Round(0, stalled=False, held=held)
         outcomes = await publish_batch(
             nc,
             [Message(r.id, r.subject, bytes(r.payload), r.traceparent) for r in rows],
@@ -146,6 +161,7 @@ class OutboxRelay:
             await cur.execute(DELETE_DEAD, {"seqs": [values["seq"] for values, _ in dead]})
         seqs = ",".join(str(int(r.seq)) for r in published)
         await conn.execute(MARK.format(seqs=seqs) if published else "COMMIT")
+        ROUNDS.labels("events").inc()
         PUBLISHED.inc(len(published))
         for r in published:
             self.failures.pop(r.id, None)
@@ -170,7 +186,9 @@ class OutboxRelay:
             )
         dead_ids = {values["id"] for values, _ in dead}
         return Round(
-            len(published) + len(dead), stalled=any(r.id not in dead_ids for r, _ in failed)
+            len(published) + len(dead),
+            stalled=any(r.id not in dead_ids for r, _ in failed),
+            held=True,
         )
 
     def _dead(
@@ -219,6 +237,9 @@ class OutboxRelay:
     async def _lane(self, pool: Pool, nc: NATS, lane: int) -> None:
         backoff = 0.0
         wakeup = self.wakeups[lane]
+        # Whether this replica leads the lane: it published the lane's last events, or
+        # nobody has since it started. Finding the lane empty changes nothing.
+        led = True
         while True:
             wakeup.clear()  # a NOTIFY from here on wakes the next wait
             try:
@@ -236,10 +257,16 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 continue
             backoff = 0.0
+            if not result.held:
+                led = False
+            elif result.taken:
+                led = True
             if result.taken >= self.settings.OUTBOX_BATCH_SIZE:
                 continue  # maybe more: at once
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), self.settings.OUTBOX_POLL_SECONDS)
+                if not led:
+                    await asyncio.sleep(FOLLOW_SECONDS)
 
     async def _watch_lag(self, pool: Pool) -> None:
         while True:

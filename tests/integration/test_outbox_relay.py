@@ -243,6 +243,52 @@ async def test_an_event_failing_again_and_again_is_dead_lettered_and_counted(
             await task
 
 
+async def test_two_replicas_do_not_both_answer_every_event(stack: Stack, scratch_db: str) -> None:
+    """Every replica hears every NOTIFY. The one that does not lead a lane lets the leader
+    answer first, so events committed one at a time cost about a round each, not one
+    round per replica (a wasted transaction each on every other replica)."""
+    settings = load_settings(
+        DATABASE_URL=scratch_db, NATS_URL=stack.nats_url, OUTBOX_POLL_SECONDS=60, ENV="test"
+    )
+    replicas = [OutboxRelay(settings) for _ in range(2)]
+    tasks = [asyncio.create_task(job()) for r in replicas for job in (r.run, r.listen)]
+
+    def wasted() -> float:
+        return sum(
+            REGISTRY.get_sample_value("outbox_relay_rounds_total", {"found": found}) or 0
+            for found in ("nothing", "led_elsewhere")
+        )
+
+    def write(event: Any) -> None:
+        subject = types.subject(tenant, types.INVITE)
+        with psycopg.connect(scratch_db) as db:
+            db.execute(
+                "WITH row AS (INSERT INTO outbox (id, tenant_id, subject, payload)"
+                " VALUES (%s, %s, %s, %s) RETURNING lane)"
+                f" SELECT pg_notify('{types.NOTIFY_CHANNEL}', lane::text) FROM row",
+                (event.id, tenant, subject, event.SerializeToString()),
+            )
+
+    try:
+        await asyncio.sleep(2)  # both started: their first round of every lane is done
+        before = wasted()
+        tenant = new_id("ten")
+        for _ in range(20):
+            await asyncio.to_thread(write, _event(tenant, ["bob"]))
+            await asyncio.sleep(0.05)
+        await _poll(
+            lambda: not _query(scratch_db, "SELECT 1 FROM outbox WHERE published_at IS NULL"),
+            "every event published",
+            10,
+        )
+        # Both answering every NOTIFY would waste about 20 rounds here.
+        assert wasted() - before <= 10, wasted() - before
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _held_lanes(database_url: str, pid: int) -> list[int]:
     """The relay lanes whose advisory lock the process `pid` holds right now."""
     rows = _query(
