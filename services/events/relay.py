@@ -8,7 +8,9 @@ at a time publishes a lane, in sequence order, and more replicas share the lanes
 lock lives as long as the batch's transaction: a replica frozen mid-batch loses it when
 the database ends its idle transaction (DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS), never
 later, and another replica takes the lane over. Session-level locks would survive a
-SIGSTOP: the frozen process's kernel still answers TCP keepalives.
+SIGSTOP: the frozen process's kernel still answers TCP keepalives. Every replica hears
+every NOTIFY; one that found its lane led by another replica waits FOLLOW_SECONDS
+before trying, so the leader answers alone and a dead leader is still replaced.
 
 Bad events: a message NATS refuses (over its max_payload, a malformed subject) goes to
 outbox_dead_letters at once; one that fails OUTBOX_MAX_ATTEMPTS rounds while JetStream
