@@ -32,7 +32,7 @@ from services.events import retention, types
 from services.events.relay import LOCK_CLASS, OutboxRelay
 from tests.conftest import Tenant
 from tests.integration.realtime import Device, settle
-from tests.stack import Stack
+from tests.stack import Stack, new_workdir
 
 
 @pytest.fixture
@@ -330,6 +330,58 @@ def _stored_ids(stack: Stack, tenants: list[str]) -> list[str]:
             await nc.close()
 
     return asyncio.run(read())
+
+
+async def test_a_database_crash_after_publishing_duplicates_nothing_in_the_stream() -> None:
+    """The relay marks events published without waiting for the WAL flush. PostgreSQL
+    killed before it flushed them (its WAL writer held back to make that certain): after
+    recovery the marks are gone and the relay publishes the events again, and JetStream's
+    de-duplication keeps each in the stream once."""
+    own = Stack(workdir=new_workdir())  # a crash must not touch the shared stack
+    try:
+        own.start_postgres()
+        own.start_nats()
+        with psycopg.connect(own.database_url, autocommit=True) as db:
+            db.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+            db.execute("SELECT pg_reload_conf()")
+        settings = load_settings(
+            DATABASE_URL=own.database_url,
+            NATS_URL=own.nats_url,
+            OUTBOX_POLL_SECONDS=0.2,
+            ENV="test",
+        )
+        tenant = new_id("ten")
+        events = [_event(tenant, ["bob"]) for _ in range(50)]
+        subject = types.subject(tenant, types.INVITE)
+        await asyncio.to_thread(
+            _write_outbox,
+            own.database_url,
+            [(e.id, tenant, subject, e.SerializeToString()) for e in events],
+        )
+
+        def published() -> float:
+            return REGISTRY.get_sample_value("outbox_events_published_total") or 0
+
+        def unpublished() -> int:
+            sql = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            return int(_query(own.database_url, sql)[0][0])
+
+        before = published()
+        task = asyncio.create_task(OutboxRelay(settings).run())
+        try:
+            await _poll(lambda: unpublished() == 0, "the first publication", 15)
+            own.procs["postgres"].kill()  # SIGKILL: no shutdown checkpoint, a crash
+            own.start_postgres()
+            assert unpublished() == len(events)  # the marks were lost with the crash
+            await _poll(lambda: unpublished() == 0, "the second publication", 30)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert published() - before == 2 * len(events)
+        stored = await asyncio.to_thread(_stored_ids, own, [tenant])
+        assert sorted(stored) == sorted(e.id for e in events)
+    finally:
+        own.stop_all()
 
 
 @pytest.mark.slow
