@@ -4,14 +4,19 @@ or a lost store, decoding, and the checks every reader needs; its user supplies 
 handler and picks one of two ways to read:
 
 - follow (durable=None; the socket bridge): every replica reads every event through an
-  ephemeral consumer starting at the stream's end when the process starts, resumed from
-  the last stream sequence it handled after any reconnect. Sequences at or below that
-  are dropped (no history replayed to clients), a recreated stream is followed from its
-  start, and event ids handled recently are dropped (an event the relay re-published
-  after JetStream's de-duplication window reaches sockets once).
-- share (durable="name"; the webhook intake): replicas share one durable consumer, each
-  event goes to one of them; a batch is acknowledged only after its handler returned,
-  and handed back (nak) when the handler raised.
+  ephemeral push consumer (nats-py's ordered consumer) starting at the stream's end when
+  the process starts, resumed from the last stream sequence it handled after any
+  reconnect. NATS delivers events as they are stored, with no request per batch; a
+  handler gets the first event and every one that arrived while the previous batch was
+  handled. A sequence gap or missed heartbeats make nats-py recreate the consumer after
+  the last event it delivered; a NATS reconnect makes this class subscribe again from
+  the last one handled. Sequences at or below that are dropped (no history replayed to
+  clients), a recreated stream is followed from its start, and event ids handled
+  recently are dropped (an event the relay re-published after JetStream's
+  de-duplication window reaches sockets once).
+- share (durable="name"; the webhook intake): replicas share one durable pull consumer,
+  each event goes to one of them; a batch is acknowledged only after its handler
+  returned, and handed back (nak) when the handler raised.
 
 Handlers get the events of a batch and, in the same order, the trace context each was
 published with (`traceparent` header; None for every event while tracing is off, when
@@ -60,9 +65,14 @@ DROPPED = Counter(
 CONNECTED = Gauge("events_nats_connected", "1 while connected to NATS", ["consumer"])
 
 ACK_WAIT_SECONDS = 30
-CHECK_SECONDS = 5.0  # how often an idle consumer checks its consumer and stream still exist
+CHECK_SECONDS = 5.0  # how often a consumer checks its consumer (share) or stream (follow)
 INACTIVE_SECONDS = 60  # an ephemeral consumer nobody reads any more is removed by NATS
+# follow: NATS sends a heartbeat after this long without events; two missed ones make
+# nats-py recreate the consumer (a NATS restart without a reconnect noticed, say).
+HEARTBEAT_SECONDS = 2.0
 REMEMBER_IDS = 10_000
+
+Subscription = JetStreamContext.PullSubscription | JetStreamContext.PushSubscription
 
 
 def event_span(
@@ -117,6 +127,9 @@ class EventConsumer:
         self.ready = asyncio.Event()  # set while subscribed (the bridge's readiness)
         self._nc: NATS | None = None
         self._resubscribe = asyncio.Event()
+        # follow: held while a batch is handled, so a subscription is never replaced in
+        # the middle of one (its events count as handled once it starts).
+        self._handling = asyncio.Lock()
         self._last_seq = 0  # follow: highest stream sequence handled
         self._stream_created: datetime | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -143,7 +156,7 @@ class EventConsumer:
         CONNECTED.labels(self.name).set(1)
         return nc
 
-    async def _subscribe(self, nc: NATS) -> JetStreamContext.PullSubscription:
+    async def _subscribe(self, nc: NATS) -> Subscription:
         await ensure_stream(nc, self.settings)
         js = nc.jetstream()
         if self.durable is not None:
@@ -166,25 +179,61 @@ class EventConsumer:
         elif info.created != self._stream_created:
             self._last_seq = 0  # a new stream: all of it is new to us
         self._stream_created = info.created
-        return await js.pull_subscribe(
+        return await self._follow(js)
+
+    async def _follow(self, js: JetStreamContext) -> JetStreamContext.PushSubscription:
+        """follow: a push subscription from the sequence after the last one handled."""
+        held: list[Msg] = []
+        subs: list[JetStreamContext.PushSubscription] = []  # the one below, once it exists
+
+        async def deliver(msg: Msg) -> None:
+            # nats-py calls this for one message after another. Messages that arrived
+            # while the previous batch was handled are pending already: they join this
+            # batch, which goes to the handler with the last of them (or once full).
+            held.append(msg)
+            if len(held) < self.batch and subs and subs[0].pending_msgs:
+                return
+            msgs = held.copy()
+            held.clear()
+            async with self._handling:
+                await self._take(msgs)
+
+        # Ordered: ack-less and in memory, with flow control and idle heartbeats; on a
+        # sequence gap or two missed heartbeats nats-py recreates the consumer from the
+        # stream sequence after the last message it delivered, on the same subscription.
+        sub = await js.subscribe(
             types.SUBJECTS,
             stream=types.STREAM,
+            cb=deliver,
+            ordered_consumer=True,
+            idle_heartbeat=HEARTBEAT_SECONDS,
             config=ConsumerConfig(
-                ack_policy=AckPolicy.NONE,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=self._last_seq + 1,
                 inactive_threshold=INACTIVE_SECONDS,
-                mem_storage=True,
             ),
         )
+        subs.append(sub)
+        # nats-py counts "the last message it delivered" from 0, so a recreation before
+        # this subscription's first event would start at sequence 1 and push the stream's
+        # whole history through this process (_fresh drops it, but it costs a replay of
+        # up to the stream's byte limit). Seeded with our position; if nats-py ever
+        # renames this internal, only that cost comes back.
+        jsi = getattr(sub._sub, "_jsi", None)
+        if jsi is not None and isinstance(getattr(jsi, "_sseq", None), int):
+            jsi._sseq = max(jsi._sseq, self._last_seq)
+        return sub
 
-    async def _check(self, nc: NATS, sub: JetStreamContext.PullSubscription) -> None:
-        """Raises when the consumer is gone; asks for a new one when the stream is new."""
-        await sub.consumer_info()
-        if self.durable is None:
-            info = await nc.jetstream().stream_info(types.STREAM)
-            if info.created != self._stream_created:
-                self._resubscribe.set()
+    async def _check(self, nc: NATS, sub: Subscription) -> None:
+        """Raises when the consumer (share) or the stream (follow) is gone; asks for a new
+        consumer when the stream is new. An ordered consumer recreates itself, so follow
+        checks the stream only (its consumer may be between two names)."""
+        if self.durable is not None:
+            await sub.consumer_info()
+            return
+        info = await nc.jetstream().stream_info(types.STREAM)
+        if info.created != self._stream_created:
+            self._resubscribe.set()
 
     # --- events --------------------------------------------------------------------------
 
@@ -266,23 +315,19 @@ class EventConsumer:
                 await asyncio.sleep(0.5)
         nc = self._nc
         while True:
-            sub: JetStreamContext.PullSubscription | None = None
+            sub: Subscription | None = None
             self._resubscribe.clear()
             try:
                 sub = await self._subscribe(nc)
                 self.ready.set()
                 log.info("following call events", extra=log_fields(consumer=self.name))
-                checked = time.monotonic()
-                while not self._resubscribe.is_set():
-                    try:
-                        msgs = await sub.fetch(self.batch, timeout=1)
-                    except TimeoutError:  # nothing new, or NATS reconnecting
-                        if time.monotonic() - checked > CHECK_SECONDS:
-                            checked = time.monotonic()
-                            await self._check(nc, sub)
-                        continue
-                    await self._take(msgs)
+                if isinstance(sub, JetStreamContext.PullSubscription):
+                    await self._pull(nc, sub)
+                else:
+                    await self._watch(nc, sub)
             except asyncio.CancelledError:
+                if isinstance(sub, JetStreamContext.PushSubscription):
+                    sub = None  # close() drains it: events already delivered are handled
                 raise
             except Exception as exc:  # consumer or stream gone, NATS away: subscribe again
                 self.ready.clear()
@@ -293,8 +338,35 @@ class EventConsumer:
                 await asyncio.sleep(0.5)
             finally:
                 if sub is not None:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
+                    # Between batches: messages delivered but not yet handled are dropped
+                    # with it and come again from the next subscription.
+                    async with self._handling:
+                        with contextlib.suppress(Exception):
+                            await sub.unsubscribe()
+
+    async def _pull(self, nc: NATS, sub: JetStreamContext.PullSubscription) -> None:
+        """share: fetches batches until something asks for a new subscription."""
+        checked = time.monotonic()
+        while not self._resubscribe.is_set():
+            try:
+                msgs = await sub.fetch(self.batch, timeout=1)
+            except TimeoutError:  # nothing new, or NATS reconnecting
+                if time.monotonic() - checked > CHECK_SECONDS:
+                    checked = time.monotonic()
+                    await self._check(nc, sub)
+                continue
+            await self._take(msgs)
+
+    async def _watch(self, nc: NATS, sub: JetStreamContext.PushSubscription) -> None:
+        """follow: events arrive through the subscription's callback; meanwhile this checks
+        the stream until something asks for a new subscription (a reconnect: the consumer
+        may be gone with a restarted NATS, and resuming at once beats waiting for two
+        missed heartbeats; a recreated stream: nats-py would wait at the old sequence)."""
+        while not self._resubscribe.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resubscribe.wait(), CHECK_SECONDS)
+                return
+            await self._check(nc, sub)
 
     async def close(self) -> None:
         """Drains the connection: handlers of events already received finish first."""
