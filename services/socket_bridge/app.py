@@ -118,6 +118,9 @@ class Bridge:
         self.consumer = EventConsumer(settings, "socket-bridge", self.emit_events)
         self.engine = create_engine(settings, pool_size=min(settings.DB_POOL_SIZE, 5))
         self.sockets: dict[str, Socket] = {}
+        # The sockets whose call.sync is not out yet: an event is checked against these
+        # few, not against every socket of the process.
+        self.syncing: set[str] = set()
         self.per_user: Tally[tuple[str, str]] = Tally()
         self.per_tenant: Tally[str] = Tally()
         self._task: asyncio.Task[None] | None = None
@@ -147,6 +150,7 @@ class Bridge:
         expires_at = float(jwt.decode(token, options={"verify_signature": False})["exp"])
         sock = Socket(tenant_id, user_id, expires_at)
         self.sockets[sid] = sock
+        self.syncing.add(sid)
         self.per_user[(tenant_id, user_id)] += 1
         self.per_tenant[tenant_id] += 1
         CONNECTIONS.inc()
@@ -157,6 +161,7 @@ class Bridge:
 
     async def on_disconnect(self, sid: str, *reason: Any) -> None:
         sock = self.sockets.pop(sid, None)
+        self.syncing.discard(sid)
         if sock is None:
             return
         CONNECTIONS.dec()
@@ -197,6 +202,7 @@ class Bridge:
             event_type, data = held.pop(0)
             await self.sio.emit(event_type, data, to=sid)
         sock.held = None
+        self.syncing.discard(sid)
 
     async def _close(self, sid: str, reason: str, message: str) -> None:
         CLOSED.labels(reason).inc()
@@ -230,7 +236,7 @@ class Bridge:
             return
         rooms = {user_room(event.tenant_id, u) for u in event.recipient_user_ids}
         data = event_json(event)
-        syncing = [sid for sid, s in self.sockets.items() if s.held is not None and s.room in rooms]
+        syncing = [sid for sid in self.syncing if self.sockets[sid].room in rooms]
         for sid in syncing:
             held = self.sockets[sid].held
             assert held is not None
