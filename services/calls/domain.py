@@ -9,7 +9,8 @@ a `Change`: the call as it is afterwards plus the events to emit. A refusal rais
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import re
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -75,6 +76,10 @@ class Call:
     custom: dict[str, Any] | None = None  # the integrator's own data, given at start
     # Participants in user-id order.
     participants: tuple[Participant, ...] = ()
+    # LiveKit told us the call's media room exists (a participant_joined webhook, or
+    # reconciliation seeing someone in it). LiveKit creates a room at the first join, so
+    # only such a call has a room to delete when it ends.
+    media_used: bool = False
 
     def participant(self, user_id: str) -> Participant | None:
         return next((p for p in self.participants if p.user_id == user_id), None)
@@ -141,6 +146,9 @@ class Change:
     refusal: ServiceError | None = None
     # Users to disconnect from the media room after commit.
     kicked: list[str] = field(default_factory=list)
+    # The call's media room is to be deleted after commit (marked in the same write, so
+    # a retry sweep finds it if this process cannot).
+    delete_room: bool = False
 
 
 # --- guards -------------------------------------------------------------------------
@@ -250,7 +258,9 @@ def _finish(
     if outcome(ended) == MISSED:
         emitted.append(Event(events.MISSED, actor, everyone))
     emitted.append(Event(events.ENDED, actor, everyone))
-    return Change(ended, emitted)
+    # No room was ever reported: nothing to delete (a late join still gets it deleted:
+    # media_joined).
+    return Change(ended, emitted, delete_room=call.media_used)
 
 
 # --- transitions ------------------------------------------------------------------------
@@ -518,10 +528,16 @@ def media_left(call: Call, user_id: str, session_started: datetime | None, now: 
 
 
 def media_joined(call: Call, user_id: str) -> Change:
-    """Someone is in the media room: the call is not a ghost."""
-    if call.status == "ended" or call.participant(user_id) is None:
-        return Change(call)
-    return Change(replace(call, media_deadline=None))
+    """Someone is in the call's media room, so it exists: a live call's room is deleted
+    when the call ends, and a participant in it means the call is not a ghost. An ended
+    call's room must not outlive it (a media token used after the end, or a webhook that
+    lost the race with the end): it goes now."""
+    used = replace(call, media_used=True)
+    if call.status == "ended":
+        return Change(used, delete_room=True)
+    if call.participant(user_id) is None:
+        return Change(used)
+    return Change(replace(used, media_deadline=None))
 
 
 def media_occupancy(call: Call, occupied: bool, grace: timedelta, now: datetime) -> Change:
@@ -530,10 +546,26 @@ def media_occupancy(call: Call, occupied: bool, grace: timedelta, now: datetime)
     if call.status != "active":
         return Change(call)
     if occupied:
-        return Change(replace(call, media_deadline=None))
+        return Change(replace(call, media_deadline=None, media_used=True))
     if call.media_deadline is None:
         return Change(replace(call, media_deadline=now + grace))
     return Change(call)
+
+
+# The name of every media room we make: the call's id (new_call; services.common.models.new_id).
+_CALL_ROOM = re.compile(r"call_[0-9a-f]{32}")
+
+
+def is_call_room(name: str) -> bool:
+    """Whether a LiveKit room's name is one of ours (a call id)."""
+    return _CALL_ROOM.fullmatch(name) is not None
+
+
+def rooms_without_live_call(listed: Iterable[str], live: Collection[str]) -> list[str]:
+    """LiveKit's rooms to delete (reconciliation, for lost webhooks): every room named as
+    ours that no live call has, whether its call ended or there is no such call at all.
+    A room of another name is not ours and is left alone."""
+    return sorted(name for name in listed if is_call_room(name) and name not in live)
 
 
 def no_media(call: Call, now: datetime) -> Change:

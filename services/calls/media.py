@@ -13,6 +13,7 @@ import aiohttp
 from livekit import api
 from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
+from prometheus_client import Counter
 
 from services.common.errors import UNAVAILABLE, unauthenticated
 from services.common.logging import log_fields
@@ -24,7 +25,8 @@ TOKEN_TTL = timedelta(seconds=600)
 
 
 def room_name(call_id: str) -> str:
-    # One LiveKit room per call: the call id is never reused, so neither is the room.
+    # One LiveKit room per call: the call id is never reused, so neither is the room
+    # (domain.is_call_room tells our rooms by it).
     return call_id
 
 
@@ -37,6 +39,13 @@ PUBLISH_SOURCES = {
 MUTE_TRACK_TYPES = {"audio": models.TrackType.AUDIO, "video": models.TrackType.VIDEO}
 
 SignalKind = Literal["joined", "left", "room_finished"]
+
+# Every DeleteRoom request, by why: "ended" (the room of an ended call, at its end, on a
+# retry or after a late join), "stale" (reconciliation found a room no live call has).
+ROOM_DELETIONS = Counter(
+    "livekit_room_deletions_total", "DeleteRoom requests sent to LiveKit", ["why"]
+)
+DeleteWhy = Literal["ended", "stale"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,9 @@ def _signal(event: WebhookEvent) -> MediaSignal | None:
         return None
     if event.event == "room_finished":
         return MediaSignal(event.room.name, "room_finished")
+    # Not room_started: we never create rooms, so LiveKit starts one only for a join,
+    # whose participant_joined says the same; handling both cost a transaction more per
+    # call with media.
     if event.event == "participant_joined":
         return MediaSignal(event.room.name, "joined", identity=event.participant.identity)
     if event.event != "participant_left":
@@ -177,8 +189,9 @@ class Media:
             log.warning("livekit unreachable", extra=log_fields(error=type(err).__name__))
         return False
 
-    async def delete_room(self, livekit_room: str) -> bool:
+    async def delete_room(self, livekit_room: str, why: DeleteWhy) -> bool:
         """True when the room is gone (deleted now or never existed)."""
+        ROOM_DELETIONS.labels(why).inc()
         request = api.DeleteRoomRequest(room=livekit_room)
         return await self._call("delete_room", self._client().room.delete_room(request))
 

@@ -39,9 +39,9 @@ RECIPIENTS_PER_MESSAGE = 500
 _CALL_COLUMNS = (
     "c.id, c.tenant_id, c.room_id, c.type, c.mode, c.status, c.created_by, c.created_at,"
     " c.ring_timeout_seconds, c.livekit_room, c.answered_at, c.ended_at, c.end_reason,"
-    " c.ring_deadline, c.media_deadline, c.custom"
+    " c.ring_deadline, c.media_deadline, c.custom, c.media_used"
 )
-_N_CALL = 16
+_N_CALL = 17
 _POLICY_COLUMNS = (
     "t.calls_enabled, t.max_participants, t.ring_timeout_seconds, t.default_type, t.busy_policy"
 )
@@ -198,7 +198,8 @@ WITH c AS (
     UPDATE calls SET status = %(status)s, answered_at = %(answered_at)s,
         ended_at = %(ended_at)s, end_reason = %(end_reason)s,
         ring_deadline = %(ring_deadline)s, media_deadline = %(media_deadline)s,
-        livekit_cleanup_pending = livekit_cleanup_pending OR %(ended_now)s,
+        media_used = %(media_used)s,
+        livekit_cleanup_pending = livekit_cleanup_pending OR %(delete_room)s,
         version = version + 1
     WHERE id = %(id)s
 ),
@@ -268,6 +269,11 @@ ORDER BY ended_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED"""
 
 CLEANED = "UPDATE calls SET livekit_cleanup_pending = false WHERE id = ANY(%(calls)s)"
 
+# Which of some LiveKit rooms belong to a live call (reconciliation: the others go).
+LIVE_MEDIA_ROOMS = f"""
+SELECT ARRAY(SELECT c.livekit_room FROM calls c
+             WHERE c.livekit_room = ANY(%(rooms)s::text[]) AND {_LIVE})"""
+
 
 # --- rows to domain objects -----------------------------------------------------------
 
@@ -285,7 +291,8 @@ def _call(row: Sequence[Any], participants: Iterable[Participant] = ()) -> Call 
     if row[0] is None:
         return None
     (id_, tenant, room, type_, mode, status, created_by, created_at, ring_timeout, livekit_room,
-     answered_at, ended_at, end_reason, ring_deadline, media_deadline, custom) = row  # fmt: skip
+     answered_at, ended_at, end_reason, ring_deadline, media_deadline, custom,
+     media_used) = row  # fmt: skip
     return Call(
         id=id_,
         tenant_id=tenant,
@@ -304,6 +311,7 @@ def _call(row: Sequence[Any], participants: Iterable[Participant] = ()) -> Call 
         media_deadline=media_deadline,
         custom=custom,
         participants=tuple(sorted(participants, key=lambda p: p.user_id)),
+        media_used=media_used,
     )
 
 
@@ -469,6 +477,11 @@ async def mark_cleaned(conn: AsyncConnection[Any], call_ids: list[str]) -> None:
     await conn.execute(CLEANED, {"calls": call_ids})
 
 
+async def live_media_rooms(conn: AsyncConnection[Any], rooms: list[str]) -> set[str]:
+    row = await (await conn.execute(LIVE_MEDIA_ROOMS, {"rooms": rooms})).fetchone()
+    return set(row[0]) if row else set()
+
+
 # --- writes ---------------------------------------------------------------------------
 
 
@@ -555,7 +568,7 @@ def _write_params(
         "h_id": new_id("msg"),
         "h_sender": call.created_by,
         "h_parts": Jsonb(history.parts(call)) if ended_now else None,
-        "ended_now": ended_now,
+        "delete_room": change.delete_room,
         "lock_users": _joiners(before, call),
     }
 
@@ -599,7 +612,9 @@ async def save(
     call = change.call
     old = {p.user_id: p for p in before.participants}
     changed = [p for p in call.participants if old.get(p.user_id) != p]
-    if not (changed or change.events or _lifecycle(call) != _lifecycle(before)):
+    if not (
+        changed or change.events or change.delete_room or _lifecycle(call) != _lifecycle(before)
+    ):
         return
     params = _write_params(before, change, call_pb, now, sign_ring)
     params.update(_participant_params(changed), **_lifecycle(call))
@@ -615,4 +630,5 @@ def _lifecycle(call: Call) -> dict[str, Any]:
         "end_reason": call.end_reason,
         "ring_deadline": call.ring_deadline,
         "media_deadline": call.media_deadline,
+        "media_used": call.media_used,
     }

@@ -63,8 +63,10 @@ async def end_silent_calls(calls: CallTransitions, limit: int = 50) -> int:
 
 async def reconcile_media(calls: CallTransitions, media: Media, limit: int = 1000) -> None:
     """Checks active calls against LiveKit's rooms, because webhooks get lost: an empty
-    (or missing) media room starts the no-media clock, an occupied one stops it. One
-    process at a time; nothing changes while LiveKit cannot answer."""
+    (or missing) media room starts the no-media clock, an occupied one stops it (and
+    marks the room for deletion at the call's end); a room of ours that no live call
+    has (its call ended, its join webhook lost) is deleted. One process at a time;
+    nothing changes while LiveKit cannot answer."""
     async with calls.transaction() as conn:
         for status, n in (await store.live_counts(conn)).items():
             metrics.LIVE.labels(status).set(n)
@@ -79,6 +81,13 @@ async def reconcile_media(calls: CallTransitions, media: Media, limit: int = 100
         for call in active:
             in_room = occupied.get(call.livekit_room, 0) > 0
             await calls.save(conn, call, domain.media_occupancy(call, in_room, grace, now), now)
+        ours = [name for name in occupied if domain.is_call_room(name)]
+        live = await store.live_media_rooms(conn, ours) if ours else set()
+    # After commit, like all LiveKit work; a room that survives this is listed next time.
+    stale = domain.rooms_without_live_call(occupied, live)
+    if stale:
+        await asyncio.gather(*(media.delete_room(name, "stale") for name in stale))
+        log.info("stale media rooms removed", extra=log_fields(count=len(stale)))
 
 
 async def clean_media_rooms(calls: CallTransitions, media: Media, limit: int = 20) -> None:
@@ -87,7 +96,7 @@ async def clean_media_rooms(calls: CallTransitions, media: Media, limit: int = 2
     async with calls.transaction() as conn:
         cleaned: list[str] = []
         for call_id, livekit_room in await store.lock_pending_cleanups(conn, limit):
-            if not await media.delete_room(livekit_room):
+            if not await media.delete_room(livekit_room, "ended"):
                 break  # LiveKit unreachable: try again on the next sweep
             cleaned.append(call_id)
         if cleaned:
@@ -96,13 +105,14 @@ async def clean_media_rooms(calls: CallTransitions, media: Media, limit: int = 2
 
 
 async def remove_ended_rooms(calls: CallTransitions, media: Media, batch: int = 50) -> None:
-    """Deletes the LiveKit rooms of calls this process ended, as they end: the deletions
-    of a batch run together and are marked done in one statement."""
+    """Deletes the LiveKit rooms of calls this process ended (those LiveKit told us of a
+    room for), as they end: the deletions of a batch run together and are marked done
+    in one statement."""
     while True:
         due = [await calls.ended_rooms.get()]
         while len(due) < batch and not calls.ended_rooms.empty():
             due.append(calls.ended_rooms.get_nowait())
-        gone = await asyncio.gather(*(media.delete_room(room) for _, room in due))
+        gone = await asyncio.gather(*(media.delete_room(room, "ended") for _, room in due))
         cleaned = [call_id for (call_id, _), ok in zip(due, gone, strict=True) if ok]
         if cleaned:  # the rest stay pending for clean_media_rooms
             async with calls.transaction() as conn:

@@ -48,8 +48,9 @@ class CallTransitions:
         self.ring_tokens = ring_tokens
         self.media_grace = media_grace
         self._jobs: set[asyncio.Task[None]] = set()
-        # Ended calls whose LiveKit room is to go (call id, room); sweeps.remove_ended_rooms
-        # deletes them in batches. Durable all the same: the rows stay marked until done.
+        # Ended calls whose LiveKit room is to go (call id, room): only those LiveKit told
+        # us of a room for (Change.delete_room). sweeps.remove_ended_rooms deletes them in
+        # batches. Durable all the same: the rows stay marked until done.
         self.ended_rooms: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
     @asynccontextmanager
@@ -84,11 +85,12 @@ class CallTransitions:
 
         No media room is created when a call becomes active: LiveKit creates it at the
         first join, and a call nobody joins ends by its own no-media clock. Creating it
-        up front cost a RoomService call and two LiveKit webhooks per call for nothing."""
+        up front cost a RoomService call and two LiveKit webhooks per call for nothing.
+        Likewise only a call whose room LiveKit told us of has one to delete at its end:
+        deleting the others cost a RoomService call and a transaction per call."""
         metrics.count(before, change)
         call = change.call
-        if call.status == "ended" and before is not None and before.status != "ended":
-            # (A call that ended as it began, busy, never had a media room.)
+        if change.delete_room:
             self.ended_rooms.put_nowait((call.id, call.livekit_room))
         for user_id in change.kicked:
             self._spawn(self.media.remove_participant(call.livekit_room, user_id))
@@ -326,7 +328,9 @@ class CallTransitions:
     # --- driven by LiveKit ---------------------------------------------------------------
 
     async def media_signal(self, signal: MediaSignal) -> None:
-        """Participant state follows the media room; the last one out (or room_finished) ends it."""
+        """Participant state follows the media room; the last one out (or room_finished)
+        ends it. A room LiveKit reports for a call is deleted when the call ends, or at
+        once when it has ended already."""
         async with self.transaction() as conn:
             now, call = await store.lock_by_media_room(conn, signal.livekit_room)
             if call is None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Computed,
@@ -177,6 +178,10 @@ class Call(SQLModel, table=True):
     ring_deadline: datetime | None = _ts(nullable=True)
     livekit_room: str = Field(sa_column=Column(String, nullable=False, unique=True))
     livekit_cleanup_pending: bool = False
+    # LiveKit told us of the call's media room: only then is it deleted at the end.
+    media_used: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
+    )
     # Bumped by every transition (which holds the row lock): a reader that waited for the
     # lock knows from it whether its snapshot of the participants is still current.
     version: int = Field(

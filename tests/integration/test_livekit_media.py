@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import httpx
 import pytest
@@ -44,6 +44,14 @@ def _needs_livekit(stack: Stack) -> None:
 # --- helpers ------------------------------------------------------------------------------
 
 
+@overload
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], what: str, within: float = ..., interval: float = ...
+) -> T: ...
+@overload
+async def eventually(
+    probe: Callable[[], T | None], what: str, within: float = ..., interval: float = ...
+) -> T: ...
 async def eventually(
     probe: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
     what: str,
@@ -163,7 +171,7 @@ def history(user: httpx.Client, room: str, call_id: str) -> list[dict[str, Any]]
     found: list[dict[str, Any]] = []
     token = ""
     for _ in range(50):
-        params = {"pageSize": 100, **({"pageToken": token} if token else {})}
+        params: dict[str, str | int] = {"pageSize": 100, **({"pageToken": token} if token else {})}
         body = ok(user.get(f"/chat/rooms/{room}/messages", params=params))
         for message in body.get("messages", []):
             for part in message.get("parts", []):
@@ -221,8 +229,16 @@ def post_webhook(stack: Stack, body: str, authorization: str | None) -> httpx.Re
 
 
 def participant_left(livekit_room: str, identity: str) -> webhook.WebhookEvent:
+    return participant_event("participant_left", livekit_room, identity)
+
+
+def participant_joined(livekit_room: str, identity: str) -> webhook.WebhookEvent:
+    return participant_event("participant_joined", livekit_room, identity)
+
+
+def participant_event(kind: str, livekit_room: str, identity: str) -> webhook.WebhookEvent:
     return webhook.WebhookEvent(
-        event="participant_left",
+        event=kind,
         id=f"EV_test_{os.urandom(6).hex()}",
         created_at=int(time.time()),
         room=models.Room(name=livekit_room, sid="RM_test"),
