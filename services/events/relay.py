@@ -9,8 +9,9 @@ lock lives as long as the batch's transaction: a replica frozen mid-batch loses 
 the database ends its idle transaction (DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS), never
 later, and another replica takes the lane over. Session-level locks would survive a
 SIGSTOP: the frozen process's kernel still answers TCP keepalives. Every replica hears
-every NOTIFY; one that found its lane led by another replica waits FOLLOW_SECONDS
-before trying, so the leader answers alone and a dead leader is still replaced.
+every NOTIFY; one that found its lane led by another replica takes it only once events
+older than FOLLOW_SECONDS are left unpublished, so the leader answers alone and a dead,
+frozen or slow leader is still replaced.
 
 Bad events: a message NATS refuses (over its max_payload, a malformed subject) goes to
 outbox_dead_letters at once; one that fails OUTBOX_MAX_ATTEMPTS rounds while JetStream
@@ -59,9 +60,12 @@ LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox event (0
 LOCK_CLASS = 727275  # advisory locks (LOCK_CLASS, lane)
 MAX_BACKOFF_SECONDS = 5.0
 PROBE_SECONDS = 1.0
-# A replica that found a lane led by another lets that leader answer a wake-up first:
-# every replica hears every NOTIFY, and all but one would lose the lock race, a
-# transaction each. It still tries, this much later, so a dead leader is replaced.
+# A replica that found a lane led by another (a follower) leaves that lane to its
+# leader: every replica hears every NOTIFY, and all but one would lose the lock race, a
+# transaction each. A follower wakes FOLLOW_SECONDS after a NOTIFY (or at its poll) and
+# takes the lane only when events older than that are still unpublished (the leader is
+# dead, frozen or behind), with one read that takes no lock, so a leader never loses a
+# race to a follower that had nothing to do.
 FOLLOW_SECONDS = 0.25
 
 
@@ -93,6 +97,9 @@ INSERT INTO outbox_dead_letters (seq, id, tenant_id, subject, payload, error, at
 VALUES (%(seq)s, %(id)s, %(tenant_id)s, %(subject)s, %(payload)s, %(error)s, %(attempts)s,
         %(created_at)s)"""
 DELETE_DEAD = "DELETE FROM outbox WHERE seq = ANY(%(seqs)s)"
+LEFT_BEHIND = """
+SELECT EXISTS (SELECT 1 FROM outbox WHERE lane = %(lane)s AND published_at IS NULL
+               AND created_at < now() - make_interval(secs => %(seconds)s))"""
 OLDEST = """
 SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox
 WHERE published_at IS NULL"""
@@ -138,6 +145,13 @@ class OutboxRelay:
                 if conn.info.transaction_status != TransactionStatus.IDLE and not conn.closed:
                     with contextlib.suppress(psycopg.Error):
                         await conn.execute("ROLLBACK")
+
+    async def left_behind(self, pool: Pool, lane: int) -> bool:
+        """Whether the lane has events older than FOLLOW_SECONDS still unpublished."""
+        async with pool.connection() as conn:
+            cur = await conn.execute(LEFT_BEHIND, {"lane": lane, "seconds": FOLLOW_SECONDS})
+            row = await cur.fetchone()
+        return bool(row and row[0])
 
     async def _round(self, conn: psycopg.AsyncConnection[Any], nc: NATS, lane: int) -> Round:
         cur = conn.cursor()
@@ -244,13 +258,15 @@ class OutboxRelay:
     async def _lane(self, pool: Pool, nc: NATS, lane: int) -> None:
         backoff = 0.0
         wakeup = self.wakeups[lane]
-        # Whether this replica leads the lane: it published the lane's last events, or
-        # nobody has since it started. Finding the lane empty changes nothing.
+        # Whether this replica leads the lane: it had the lane's lock in its last round,
+        # or nobody has said otherwise since it started.
         led = True
         while True:
             wakeup.clear()  # a NOTIFY from here on wakes the next wait
+            result: Round | None = None
             try:
-                result = await self.relay_lane(pool, nc, lane)
+                if led or await self.left_behind(pool, lane):
+                    result = await self.relay_lane(pool, nc, lane)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # database away, or NATS trouble: this lane waits
@@ -259,17 +275,15 @@ class OutboxRelay:
                     extra=log_fields(lane=lane, error=type(exc).__name__),
                 )
                 result = Round(0, stalled=True)
-            if result.stalled:
-                backoff = min(max(0.5, backoff * 2), MAX_BACKOFF_SECONDS)
-                await asyncio.sleep(backoff)
-                continue
-            backoff = 0.0
-            if not result.held:
-                led = False
-            elif result.taken:
-                led = True
-            if result.taken >= self.settings.OUTBOX_BATCH_SIZE:
-                continue  # maybe more: at once
+            if result is not None:
+                if result.stalled:
+                    backoff = min(max(0.5, backoff * 2), MAX_BACKOFF_SECONDS)
+                    await asyncio.sleep(backoff)
+                    continue
+                backoff = 0.0
+                led = result.held
+                if result.taken >= self.settings.OUTBOX_BATCH_SIZE:
+                    continue  # maybe more: at once
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), self.settings.OUTBOX_POLL_SECONDS)
                 if not led:
