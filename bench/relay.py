@@ -21,7 +21,7 @@ from sendsar.calls.v1 import events_pb2
 from services.common.settings import load_settings
 from services.events import types
 from services.events.jetstream import connect, ensure_stream
-from services.events.publish import MSG_ID_HEADER, Message, publish_batch
+from services.events.publish import MSG_ID_HEADER, Message, Publisher
 from services.events.relay import OutboxRelay
 from tests.stack import Stack, new_workdir
 
@@ -104,9 +104,10 @@ async def compare_publishing(database_url: str, nats_url: str) -> dict[str, floa
             await js.publish(m.subject, m.payload, headers={MSG_ID_HEADER: m.msg_id})
         sequential = COMPARE / (time.perf_counter() - t0)
         together = batch()
+        publisher = Publisher(nc)
         t0 = time.perf_counter()
         for i in range(0, COMPARE, 500):
-            await publish_batch(nc, together[i : i + 500], ack_wait=5)
+            await publisher.publish(together[i : i + 500], ack_wait=5)
         batched = COMPARE / (time.perf_counter() - t0)
         return {"sequential": sequential, "batched": batched}
     finally:

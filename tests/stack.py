@@ -27,6 +27,8 @@ class Stack:
     workdir: Path
     pg_port: int = field(default_factory=free_port)
     nats_port: int = field(default_factory=free_port)
+    # NATS's HTTP monitoring (/connz, /subsz): what the server holds for each client.
+    nats_monitor_port: int = field(default_factory=free_port)
     envoy_port: int = field(default_factory=free_port)
     envoy_admin_port: int = field(default_factory=free_port)
     bridge_port: int = field(default_factory=free_port)
@@ -105,6 +107,8 @@ class Stack:
                 "-js",
                 "-sd",
                 str(self.workdir / "nats"),
+                "-m",
+                str(self.nats_monitor_port),
             ],
             python_env({}),
             self.workdir,

@@ -44,7 +44,7 @@ from services.common.models import OUTBOX_LANES
 from services.common.settings import Settings
 from services.events import retention, types
 from services.events.jetstream import connect, ensure_stream
-from services.events.publish import Message, Outcome, Result, publish_batch
+from services.events.publish import Message, Outcome, Publisher, Result
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,12 @@ class OutboxRelay:
 
     # --- one batch of one lane ---------------------------------------------------------
 
-    async def relay_lane(self, pool: Pool, nc: NATS, lane: int) -> Round:
-        if not nc.is_connected:
+    async def relay_lane(self, pool: Pool, publisher: Publisher, lane: int) -> Round:
+        if not publisher.nc.is_connected:
             return Round(0, stalled=True)
         async with pool.connection() as conn:
             try:
-                return await self._round(conn, nc, lane)
+                return await self._round(conn, publisher, lane)
             finally:
                 # A round that failed half-way leaves its transaction open: end it here,
                 # releasing the lane, rather than leave it to the pool's warning.
@@ -153,7 +153,9 @@ class OutboxRelay:
             row = await cur.fetchone()
         return bool(row and row[0])
 
-    async def _round(self, conn: psycopg.AsyncConnection[Any], nc: NATS, lane: int) -> Round:
+    async def _round(
+        self, conn: psycopg.AsyncConnection[Any], publisher: Publisher, lane: int
+    ) -> Round:
         cur = conn.cursor()
         take = TAKE.format(
             lock_class=LOCK_CLASS, lane=int(lane), limit=int(self.settings.OUTBOX_BATCH_SIZE)
@@ -167,15 +169,14 @@ class OutboxRelay:
             await conn.execute("ROLLBACK")
             ROUNDS.labels("nothing" if held else "led_elsewhere").inc()
             return Round(0, stalled=False, held=held)
-        outcomes = await publish_batch(
-            nc,
+        outcomes = await publisher.publish(
             [Message(r.id, r.subject, bytes(r.payload), r.traceparent) for r in rows],
             self.settings.OUTBOX_PUBLISH_TIMEOUT_SECONDS,
         )
         published = [r for r, o in zip(rows, outcomes, strict=True) if o.result is Result.PUBLISHED]
         failed = [(r, o) for r, o in zip(rows, outcomes, strict=True) if o.result is Result.FAILED]
         # A failure counts against its event only while JetStream demonstrably works.
-        blame = bool(failed) and (bool(published) or await self._jetstream_answers(nc))
+        blame = bool(failed) and (bool(published) or await self._jetstream_answers(publisher.nc))
         dead = self._dead(rows, outcomes, blame)
         if dead:
             await cur.executemany(INSERT_DEAD, [values for values, _ in dead])
@@ -255,7 +256,7 @@ class OutboxRelay:
 
     # --- loops -------------------------------------------------------------------------
 
-    async def _lane(self, pool: Pool, nc: NATS, lane: int) -> None:
+    async def _lane(self, pool: Pool, publisher: Publisher, lane: int) -> None:
         backoff = 0.0
         wakeup = self.wakeups[lane]
         # Whether this replica leads the lane: it had the lane's lock in its last round,
@@ -266,7 +267,7 @@ class OutboxRelay:
             result: Round | None = None
             try:
                 if led or await self.left_behind(pool, lane):
-                    result = await self.relay_lane(pool, nc, lane)
+                    result = await self.relay_lane(pool, publisher, lane)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # database away, or NATS trouble: this lane waits
@@ -308,8 +309,9 @@ class OutboxRelay:
             nc = await connect(self.settings, "outbox-relay")
             try:
                 await ensure_stream(nc, self.settings)
+                publisher = Publisher(nc)
                 await asyncio.gather(
-                    *(self._lane(pool, nc, lane) for lane in range(OUTBOX_LANES)),
+                    *(self._lane(pool, publisher, lane) for lane in range(OUTBOX_LANES)),
                     self._watch_lag(pool),
                 )
             finally:

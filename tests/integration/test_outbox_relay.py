@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
@@ -295,6 +297,46 @@ async def test_two_replicas_do_not_both_answer_every_event(stack: Stack, scratch
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_publishing_leaves_no_subscription_behind(stack: Stack, scratch_db: str) -> None:
+    """Each relay round publishes through the connection's one JetStream context: a
+    context per round subscribed a new reply inbox every time and never dropped it, so
+    a relay's connection (and NATS's interest graph) grew with every batch."""
+    settings = load_settings(
+        DATABASE_URL=scratch_db, NATS_URL=stack.nats_url, OUTBOX_POLL_SECONDS=0.1, ENV="test"
+    )
+    task = asyncio.create_task(OutboxRelay(settings).run())
+    tenant = new_id("ten")
+    subject = types.subject(tenant, types.INVITE)
+
+    def unpublished() -> bool:
+        return bool(_query(scratch_db, "SELECT 1 FROM outbox WHERE published_at IS NULL"))
+
+    try:
+        for _ in range(15):  # a round each
+            event = _event(tenant, ["bob"])
+            await asyncio.to_thread(
+                _write_outbox, scratch_db, [(event.id, tenant, subject, event.SerializeToString())]
+            )
+            await _poll(lambda: not unpublished(), "the event published", 10)
+        relays = [
+            c
+            for c in await asyncio.to_thread(_connections, stack)
+            if c.get("name") == "outbox-relay"
+        ]
+        assert relays  # this test's relay, and the stack's calls workers'
+        assert all(c.get("subscriptions", 0) <= 3 for c in relays), relays
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _connections(stack: Stack) -> list[dict[str, Any]]:
+    """NATS's view of its client connections (its monitoring endpoint)."""
+    url = f"http://127.0.0.1:{stack.nats_monitor_port}/connz?subs=1&limit=1000"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return list(json.load(reply)["connections"])
 
 
 def _held_lanes(database_url: str, pid: int) -> list[int]:

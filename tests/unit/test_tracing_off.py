@@ -15,7 +15,7 @@ from services.common import tracing
 from services.common.settings import Settings, load_settings, parse_otlp_endpoint
 from services.events import types
 from services.events.consumer import EventConsumer
-from services.events.publish import MSG_ID_HEADER, Message, publish_batch
+from services.events.publish import MSG_ID_HEADER, Message, Publisher
 
 DB = "postgresql://unused@127.0.0.1:1/unused"  # never connected here
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -53,7 +53,7 @@ async def test_publish_writes_no_traceparent_header(off: Settings) -> None:
     js = _JetStream()
     nc: Any = SimpleNamespace(max_payload=1 << 20, jetstream=lambda: js)
     message = Message("evt_1", types.subject("ten_1", types.INVITE), b"x", TRACEPARENT)
-    [outcome] = await publish_batch(nc, [message], ack_wait=1)
+    [outcome] = await Publisher(nc).publish([message], ack_wait=1)
     assert outcome.error is None
     assert js.headers == [{MSG_ID_HEADER: "evt_1"}]
 
