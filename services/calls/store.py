@@ -221,27 +221,39 @@ SELECT (SELECT * FROM u),
         WHERE lanes IS NOT NULL)"""
 )
 
-_DUE = f"""
-SELECT now(), {_CALL_COLUMNS} FROM calls c
-WHERE c.status = '{{status}}' AND c.{{deadline}} <= now()
-ORDER BY c.{{deadline}} LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED"""
-DUE_RINGING = _DUE.format(status="ringing", deadline="ring_deadline")
-DUE_NO_MEDIA = _DUE.format(status="active", deadline="media_deadline")
-# Group calls with invitations whose ring window passed.
-DUE_INVITES = f"""
-SELECT now(), {_CALL_COLUMNS} FROM calls c
-WHERE c.status = 'active' AND c.id IN (
-    SELECT p.call_id FROM call_participants p WHERE p.ring_deadline <= now())
-ORDER BY c.created_at LIMIT %(limit)s
+
+@dataclass(frozen=True)
+class Due:
+    """Calls a sweep looks for: `lock` takes them (SKIP LOCKED lets replicas share the
+    sweep), `exists` says in one read, with no transaction, whether there are any (the
+    usual answer, every sweep tick of every process, is no)."""
+
+    where: str
+    order: str
+
+    @property
+    def lock(self) -> str:
+        return f"""
+SELECT now(), {_CALL_COLUMNS} FROM calls c WHERE {self.where}
+ORDER BY {self.order} LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED"""
 
+    @property
+    def exists(self) -> str:
+        return f"SELECT EXISTS (SELECT 1 FROM calls c WHERE {self.where})"
+
+
+DUE_RINGING = Due("c.status = 'ringing' AND c.ring_deadline <= now()", "c.ring_deadline")
+DUE_NO_MEDIA = Due("c.status = 'active' AND c.media_deadline <= now()", "c.media_deadline")
+# Group calls with invitations whose ring window passed.
+DUE_INVITES = Due(
+    "c.status = 'active' AND c.id IN"
+    " (SELECT p.call_id FROM call_participants p WHERE p.ring_deadline <= now())",
+    "c.created_at",
+)
 # Active calls for reconciliation with LiveKit, oldest first; SKIP LOCKED: a call in a
 # transition now is looked at next round.
-ACTIVE = f"""
-SELECT now(), {_CALL_COLUMNS} FROM calls c WHERE c.status = 'active'
-ORDER BY c.created_at LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED"""
+ACTIVE = Due("c.status = 'active'", "c.created_at")
 
 
 LOCK_BY_MEDIA_ROOM = f"""
@@ -396,10 +408,15 @@ async def bump(conn: AsyncConnection[Any], call_id: str) -> None:
     await conn.execute(BUMP, {"call": call_id})
 
 
-async def lock_due(conn: AsyncConnection[Any], sql: str, limit: int) -> tuple[datetime, list[Call]]:
-    """Calls past a deadline (DUE_RINGING, DUE_NO_MEDIA) or ACTIVE ones, locked; SKIP
-    LOCKED lets replicas share a sweep."""
-    heads = await (await conn.execute(sql, {"limit": limit})).fetchall()
+async def any_due(conn: AsyncConnection[Any], due: Due) -> bool:
+    row = await (await conn.execute(due.exists)).fetchone()
+    return bool(row and row[0])
+
+
+async def lock_due(conn: AsyncConnection[Any], due: Due, limit: int) -> tuple[datetime, list[Call]]:
+    """Calls past a deadline (DUE_RINGING, DUE_INVITES, DUE_NO_MEDIA) or ACTIVE ones,
+    locked."""
+    heads = await (await conn.execute(due.lock, {"limit": limit})).fetchall()
     if not heads:
         return datetime.min, []
     calls = await _attach_participants(conn, [h[1:] for h in heads])

@@ -100,9 +100,16 @@ DELETE_DEAD = "DELETE FROM outbox WHERE seq = ANY(%(seqs)s)"
 LEFT_BEHIND = """
 SELECT EXISTS (SELECT 1 FROM outbox WHERE lane = %(lane)s AND published_at IS NULL
                AND created_at < now() - make_interval(secs => %(seconds)s))"""
-OLDEST = """
-SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox
-WHERE published_at IS NULL"""
+# The poll, once per OUTBOX_POLL_SECONDS per replica: the age of the oldest unpublished
+# event (the lag gauge) and the lanes with unpublished events (an index probe per lane),
+# which it wakes. NOTIFY wakes lanes at once; this catches what a lost NOTIFY (a listener
+# reconnecting) or a round cut short left, in one statement instead of a round per
+# lane and replica every poll.
+POLL = f"""
+SELECT (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox
+        WHERE published_at IS NULL),
+       ARRAY(SELECT l FROM generate_series(0, {OUTBOX_LANES - 1}) l
+             WHERE EXISTS (SELECT 1 FROM outbox WHERE lane = l AND published_at IS NULL))"""
 
 
 @dataclass(frozen=True)
@@ -285,21 +292,23 @@ class OutboxRelay:
                 led = result.held
                 if result.taken >= self.settings.OUTBOX_BATCH_SIZE:
                     continue  # maybe more: at once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), self.settings.OUTBOX_POLL_SECONDS)
-                if not led:
-                    await asyncio.sleep(FOLLOW_SECONDS)
+            await wakeup.wait()  # a NOTIFY, or the poll finding the lane's events
+            if not led:
+                await asyncio.sleep(FOLLOW_SECONDS)
 
-    async def _watch_lag(self, pool: Pool) -> None:
+    async def _poll(self, pool: Pool) -> None:
         while True:
             try:
                 async with pool.connection() as conn:
-                    row = await (await conn.execute(OLDEST)).fetchone()
-                    LAG.set(float(row[0] if row else 0))
+                    row = await (await conn.execute(POLL)).fetchone()
+                if row is not None:
+                    LAG.set(float(row[0]))
+                    for lane in row[1]:
+                        self.wakeups[lane].set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("outbox lag unknown", extra=log_fields(error=type(exc).__name__))
+                log.warning("outbox poll failed", extra=log_fields(error=type(exc).__name__))
             await asyncio.sleep(self.settings.OUTBOX_POLL_SECONDS)
 
     async def run(self) -> None:
@@ -312,7 +321,7 @@ class OutboxRelay:
                 publisher = Publisher(nc)
                 await asyncio.gather(
                     *(self._lane(pool, publisher, lane) for lane in range(OUTBOX_LANES)),
-                    self._watch_lag(pool),
+                    self._poll(pool),
                 )
             finally:
                 with contextlib.suppress(Exception):
