@@ -265,7 +265,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=48, help="lifecycles in flight")
     parser.add_argument("--load-processes", type=int, default=2)
     parser.add_argument("--rates", type=float, nargs="*", default=[50, 100, 200])
-    parser.add_argument("--ring-seconds", type=float, default=6.0)
+    parser.add_argument("--ring-seconds", type=float, default=10.0)
     parser.add_argument("--idle-sockets", type=int, default=2000)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
