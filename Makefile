@@ -82,7 +82,7 @@ k8s-check: $(STAMP) $(K8S_TOOLS)
 lint: $(STAMP)
 	$(BIN)/ruff check services devstack tests migrations bench
 	$(BIN)/ruff format --check services devstack tests migrations bench
-	$(BIN)/mypy services devstack
+	$(BIN)/mypy services devstack tests bench
 	mkdir -p .cache
 	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. -I$(SITE) --include_imports --include_source_info \
 	  --descriptor_set_out=../.cache/lint-image.binpb $(PROTOS)

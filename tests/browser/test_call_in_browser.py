@@ -12,6 +12,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,6 @@ pytestmark = [
 if CHROMIUM and CHROMEDRIVER:
     from selenium import webdriver
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.remote.webdriver import WebDriver
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ class Page:
         service = webdriver.ChromeService(
             executable_path=CHROMEDRIVER, log_output=str(workdir / f"chromedriver-{name}.log")
         )
-        self.driver: WebDriver = webdriver.Chrome(options=options, service=service)
+        self.driver = webdriver.Chrome(options=options, service=service)
 
     def js(self, script: str) -> Any:
         return self.driver.execute_script(f"return {script};")
@@ -122,6 +122,12 @@ class Page:
 
     def call_status(self) -> str | None:
         return self.js("document.getElementById('call').dataset.status || null")
+
+    def status_is(self, status: str) -> bool:
+        return self.call_status() == status
+
+    def media_left(self) -> bool:
+        return self.js("window.demo.state.media") is None
 
     def screenshot(self, label: str) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -178,17 +184,17 @@ def test_audio_call_between_two_browsers(
     callee.wait(lambda: callee.heard_from("alice"), "alice's audio track (subscribed)")
     caller.wait(lambda: caller.heard_from("bob"), "bob's audio track (subscribed)")
     for page in (caller, callee):
-        page.wait(lambda p=page: p.call_status() == "active", "the call to be active")
+        page.wait(partial(page.status_is, "active"), "the call to be active")
         assert not page.visible("#incoming")
         page.screenshot("in-call")
 
     caller.click("#hangup")
     for page in (caller, callee):
-        page.wait(lambda p=page: p.call_status() == "ended", "the call to end")
-        page.wait(lambda p=page: p.js("window.demo.state.media") is None, "leaving the media")
+        page.wait(partial(page.status_is, "ended"), "the call to end")
+        page.wait(page.media_left, "leaving the media")
         assert page.js("window.demo.remoteTracks().length") == 0
         history = f'#history-list li[data-call-id="{call_id}"]'
-        page.wait(lambda p=page, h=history: p.visible(h), "the call in the history")
+        page.wait(partial(page.visible, history), "the call in the history")
         assert "completed" in page.driver.find_element(By.CSS_SELECTOR, history).text
         page.screenshot("after-hang-up")
 
@@ -213,9 +219,9 @@ def test_declined_then_video_call_in_the_browser(
     callee.wait(lambda: callee.visible("#incoming"), "the second ring")
     callee.click("#accept")
     for page, other in ((caller, "bob"), (callee, "carol")):
-        page.wait(lambda p=page, o=other: p.sees(o), f"{other}'s camera (subscribed)")
-        page.wait(lambda p=page: p.visible("#remote-media video"), "the remote video element")
+        page.wait(partial(page.sees, other), f"{other}'s camera (subscribed)")
+        page.wait(partial(page.visible, "#remote-media video"), "the remote video element")
         page.screenshot("video-call")
     callee.click("#hangup")
     for page in (caller, callee):
-        page.wait(lambda p=page: p.call_status() == "ended", "the video call to end")
+        page.wait(partial(page.status_is, "ended"), "the video call to end")

@@ -64,7 +64,7 @@ async def counted(step: Any) -> tuple[Any, int]:
 
 async def test_direct_lifecycle_statement_counts(calls: CallTransitions, tenant: Tenant) -> None:
     room = tenant.room("alice", "bob")
-    ids = {"tenant": tenant.tenant_id, "room": room}
+    ids: dict[str, Any] = {"tenant": tenant.tenant_id, "room": room}
     started, n_start = await counted(calls.start(**ids, user="alice", call_type=None))
     assert started.call.status == "ringing"
     call = started.call.id
@@ -83,7 +83,7 @@ async def test_direct_lifecycle_statement_counts(calls: CallTransitions, tenant:
 async def test_glare_start_statement_count(calls: CallTransitions, tenant: Tenant) -> None:
     """The callee's start on a ringing call: the longest start (insert loses, then join)."""
     room = tenant.room("alice", "bob")
-    ids = {"tenant": tenant.tenant_id, "room": room}
+    ids: dict[str, Any] = {"tenant": tenant.tenant_id, "room": room}
     first = await calls.start(**ids, user="alice", call_type=None)
     glare, n = await counted(calls.start(**ids, user="bob", call_type=None))
     assert glare.call.id == first.call.id and glare.call.status == "active"
@@ -92,7 +92,7 @@ async def test_glare_start_statement_count(calls: CallTransitions, tenant: Tenan
 
 async def test_group_statement_counts(calls: CallTransitions, tenant: Tenant) -> None:
     room = tenant.room("alice", "bob", "carol", "dave")
-    ids = {"tenant": tenant.tenant_id, "room": room}
+    ids: dict[str, Any] = {"tenant": tenant.tenant_id, "room": room}
     started, n_start = await counted(calls.start(**ids, user="alice", call_type=None))
     call = started.call.id
     _, n_accept = await counted(calls.accept(**ids, call=call, user="bob"))
@@ -110,7 +110,7 @@ async def test_ringing_statement_counts(calls: CallTransitions, tenant: Tenant) 
     """A 1:1 start under the "reject" busy policy (user locks, then the busy check), a
     busy one, and ringing a group's members again."""
     tenant.patch_settings(busyPolicy="reject")
-    ids = {"tenant": tenant.tenant_id}
+    ids: dict[str, Any] = {"tenant": tenant.tenant_id}
     rings, n_free = await counted(
         calls.start(**ids, room=tenant.room("alice", "bob"), user="alice", call_type=None)
     )
@@ -137,7 +137,7 @@ async def test_the_busy_check_waits_for_a_user_joining_elsewhere(
     lock before looking, so a join that holds the lock (every write making a user joined
     takes it) is seen once it commits, never missed in between."""
     tenant.patch_settings(busyPolicy="reject")
-    ids = {"tenant": tenant.tenant_id}
+    ids: dict[str, Any] = {"tenant": tenant.tenant_id}
     group_room = tenant.room("carol", "bob", "dave")
     group = await calls.start(**ids, room=group_room, user="carol", call_type=None)
     async with await AsyncConnection.connect(stack.database_url) as other:
@@ -174,7 +174,7 @@ async def test_a_transition_that_waited_for_the_lock_sees_the_committed_state(
     any wait; when a transition commits meanwhile, the version check re-reads them."""
     tenant.patch_settings(maxParticipants=2)
     room = tenant.room("alice", "bob", "carol")
-    ids = {"tenant": tenant.tenant_id, "room": room}
+    ids: dict[str, Any] = {"tenant": tenant.tenant_id, "room": room}
     call = (await calls.start(**ids, user="alice", call_type=None)).call.id
     async with await AsyncConnection.connect(stack.database_url) as other:
         await other.execute("SELECT 1 FROM calls WHERE id = %s FOR UPDATE", (call,))
@@ -200,7 +200,7 @@ async def test_a_join_that_waited_for_the_lock_sees_a_membership_removed_meanwhi
     """RemoveMember deletes the membership and moves the live call's version on under
     its lock: a join waiting for that lock reads the membership again and is refused."""
     room = tenant.room("alice", "bob", "carol")
-    ids = {"tenant": tenant.tenant_id, "room": room}
+    ids: dict[str, Any] = {"tenant": tenant.tenant_id, "room": room}
     call = (await calls.start(**ids, user="alice", call_type=None)).call.id
     async with await AsyncConnection.connect(stack.database_url) as other:
         await other.execute("SELECT 1 FROM calls WHERE id = %s FOR UPDATE", (call,))
