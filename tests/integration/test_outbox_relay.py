@@ -436,18 +436,25 @@ async def test_a_database_crash_after_publishing_duplicates_nothing_in_the_strea
 
 @pytest.mark.slow
 async def test_a_frozen_leader_loses_its_lanes_within_30s_and_nothing_is_lost(
-    stack: Stack,
+    stack: Stack, scratch_db: str
 ) -> None:
-    """A relay replica frozen (SIGSTOP) while it leads a lane: the database ends its idle
-    transaction, another replica publishes the lane, and after de-dup every event is in
-    the stream exactly once, also once the frozen one resumes."""
-    port = free_port()
-    replica = stack.start_worker(
-        "relay-2",
-        "services.events",
-        ready=lambda: grpc_serving(f"127.0.0.1:{port}"),
-        GRPC_PORT=str(port),
-    )
+    """Two relay replicas of their own database: the one leading a lane is frozen
+    (SIGSTOP) mid-batch; the database ends its idle transaction, the other replica (a
+    follower of that lane until then) publishes the lane, and after de-dup every event is
+    in the stream exactly once, also once the frozen one resumes. (Only these two read
+    this outbox: the stack's relays would lead every lane themselves.)"""
+    replicas = []
+    for name in ("relay-2", "relay-3"):
+        port = free_port()
+        replicas.append(
+            stack.start_worker(
+                name,
+                "services.events",
+                ready=lambda port=port: grpc_serving(f"127.0.0.1:{port}"),
+                GRPC_PORT=str(port),
+                DATABASE_URL=scratch_db,
+            )
+        )
     tenants = [new_id("ten") for _ in range(16)]  # every lane gets rows
     rows = []
     for i in range(20_000):
@@ -456,38 +463,36 @@ async def test_a_frozen_leader_loses_its_lanes_within_30s_and_nothing_is_lost(
         rows.append(
             (event.id, tenant, types.subject(tenant, types.INVITE), event.SerializeToString())
         )
+    frozen = None
     try:
-        await asyncio.to_thread(_write_outbox, stack.database_url, rows)
-        frozen_at = None
+        await asyncio.to_thread(_write_outbox, scratch_db, rows)
+        frozen_at = 0.0
         deadline = time.monotonic() + 30
-        while frozen_at is None and time.monotonic() < deadline:
-            os.kill(replica.pid, signal.SIGSTOP)
-            if await asyncio.to_thread(_held_lanes, stack.database_url, replica.pid):
-                frozen_at = time.monotonic()
-            else:
+        while frozen is None and time.monotonic() < deadline:
+            for replica in replicas:
+                os.kill(replica.pid, signal.SIGSTOP)
+                if await asyncio.to_thread(_held_lanes, scratch_db, replica.pid):
+                    frozen, frozen_at = replica, time.monotonic()
+                    break
                 os.kill(replica.pid, signal.SIGCONT)
-                await asyncio.sleep(0.02)
-        assert frozen_at is not None, "the second replica never led a lane"
+            await asyncio.sleep(0.02)
+        assert frozen is not None, "neither replica was seen leading a lane"
 
         def unpublished() -> int:
-            return int(
-                _query(
-                    stack.database_url,
-                    "SELECT count(*) FROM outbox"
-                    " WHERE tenant_id = ANY(%s) AND published_at IS NULL",
-                    tenants,
-                )[0][0]
-            )
+            sql = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            return int(_query(scratch_db, sql)[0][0])
 
         await _poll(lambda: unpublished() == 0, "every event published", 30)
         assert time.monotonic() - frozen_at < 30
     finally:
-        os.kill(replica.pid, signal.SIGCONT)
+        if frozen is not None:
+            os.kill(frozen.pid, signal.SIGCONT)
     await asyncio.sleep(3)  # the resumed replica finds its transaction gone
     stored = await asyncio.to_thread(_stored_ids, stack, tenants)
     assert len(stored) == len(set(stored)) == len(rows)
     assert set(stored) == {r[0] for r in rows}
-    replica.stop()
+    for replica in replicas:
+        replica.stop()
 
 
 async def test_retention_prunes_only_old_finished_rows_in_small_batches(scratch_db: str) -> None:
