@@ -183,7 +183,8 @@ class CallServiceServicer:
 
     def RingCall(self, request, context):
         """Rings room members who are not in a group call (declined, left, missed,
-        never invited) again, with a fresh call.invite. A joined participant.
+        never invited) again, with a fresh call.invite. A joined participant cannot
+        be rung (409 ALREADY_JOINED); one refusal rings nobody.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
