@@ -337,15 +337,17 @@ async def test_audio_published_by_one_is_heard_by_the_other(
         track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
     )
 
+    sent = 0
+
     async def speak() -> None:  # a 440 Hz tone, 10 ms frames
-        n = 0
+        nonlocal sent
         while True:
             frame = rtc.AudioFrame.create(48000, 1, 480)
             samples = frame.data
             for i in range(480):
-                samples[i] = int(8000 * math.sin(2 * math.pi * 440 * (n + i) / 48000))
-            n += 480
+                samples[i] = int(8000 * math.sin(2 * math.pi * 440 * (sent * 480 + i) / 48000))
             await source.capture_frame(frame)
+            sent += 1
 
     speaker = asyncio.create_task(speak())
     try:
@@ -365,13 +367,29 @@ async def test_audio_published_by_one_is_heard_by_the_other(
         try:
             await asyncio.wait_for(listen(), WAIT)
         except TimeoutError:
-            pytest.fail(f"bob heard {frames} frames, loudest sample {loudest}: no tone")
+            # Everything that tells a media failure from a starved test apart (CI shows
+            # only the first lines of a failure, so it is all in the message).
+            pytest.fail(
+                f"bob heard {frames} frames, loudest sample {loudest}: no tone; alice sent "
+                f"{sent} frames (speaker {_task_state(speaker)}); rooms: alice {_state(ma)}, "
+                f"bob {_state(mb)}"
+            )
         finally:
             await stream.aclose()
     finally:
         speaker.cancel()
         await asyncio.gather(speaker, return_exceptions=True)
     assert frames >= 50 and loudest > 1000
+
+
+def _state(m: Media) -> str:
+    return rtc.ConnectionState.Name(m.room.connection_state)
+
+
+def _task_state(task: asyncio.Task[Any]) -> str:
+    if not task.done():
+        return "running"
+    return "cancelled" if task.cancelled() else f"died: {task.exception()!r}"
 
 
 # --- 3. ending the call empties the media room -------------------------------------------------
