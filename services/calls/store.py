@@ -240,7 +240,7 @@ FOR UPDATE SKIP LOCKED"""
 
     @property
     def exists(self) -> str:
-        return f"SELECT EXISTS (SELECT 1 FROM calls c WHERE {self.where})"
+        return f"EXISTS (SELECT 1 FROM calls c WHERE {self.where})"
 
 
 DUE_RINGING = Due("c.status = 'ringing' AND c.ring_deadline <= now()", "c.ring_deadline")
@@ -408,9 +408,10 @@ async def bump(conn: AsyncConnection[Any], call_id: str) -> None:
     await conn.execute(BUMP, {"call": call_id})
 
 
-async def any_due(conn: AsyncConnection[Any], due: Due) -> bool:
-    row = await (await conn.execute(due.exists)).fetchone()
-    return bool(row and row[0])
+async def which_due(conn: AsyncConnection[Any], dues: Sequence[Due]) -> list[bool]:
+    """Whether each has calls due, in one read (a sweep tick's usual answer: none)."""
+    row = await (await conn.execute("SELECT " + ", ".join(d.exists for d in dues))).fetchone()
+    return [bool(flag) for flag in row] if row else [False] * len(dues)
 
 
 async def lock_due(conn: AsyncConnection[Any], due: Due, limit: int) -> tuple[datetime, list[Call]]:

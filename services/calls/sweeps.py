@@ -24,48 +24,49 @@ log = logging.getLogger(__name__)
 RECONCILE_LOCK = 727276
 
 
+Rule = Callable[[Call, datetime], Change]
+
+# The ring sweep's two kinds of deadline, read in one statement per tick.
+RINGS: list[tuple[store.Due, Rule]] = [
+    (store.DUE_RINGING, domain.expire),  # 1:1 rings end the call as missed (`timeout`)
+    (store.DUE_INVITES, domain.ring_timeouts),  # group invitations stop ringing (`missed`)
+]
+
+
 async def _apply_due(
-    calls: CallTransitions, due: store.Due, rule: Callable[[Call, datetime], Change], limit: int
+    calls: CallTransitions, sweeps: list[tuple[store.Due, Rule]], limit: int
 ) -> int:
-    """Locks the calls a sweep query finds and applies `rule` to each, in one transaction.
+    """Locks the calls each sweep query finds and applies its rule to each, one
+    transaction per sweep.
 
     A transaction only when something is due: every process sweeps rings four times a
     second, and an empty sweep was three round trips (BEGIN, the locking read, COMMIT)
-    where one read without a transaction answers."""
-    done: list[tuple[Call, Change]] = []
+    per kind of deadline where one read without a transaction answers for all."""
+    done = 0
     async with calls.pool.connection() as conn:
-        if not await store.any_due(conn, due):
-            return 0
-        async with conn.transaction():
-            now, found = await store.lock_due(conn, due, limit)
-            for call in found:
-                change = rule(call, now)
-                await calls.save(conn, call, change, now)
-                done.append((call, change))
-    for call, change in done:
-        calls.after_commit(call, change)
-    return len(done)
+        flags = await store.which_due(conn, [due for due, _ in sweeps])
+        for (due, rule), flag in zip(sweeps, flags, strict=True):
+            if not flag:
+                continue
+            async with conn.transaction():
+                now, found = await store.lock_due(conn, due, limit)
+                changes = [(call, rule(call, now)) for call in found]
+                for call, change in changes:
+                    await calls.save(conn, call, change, now)
+            for call, change in changes:
+                calls.after_commit(call, change)
+            done += len(changes)
+    return done
 
 
-async def expire_ringing(calls: CallTransitions, limit: int = 50) -> int:
-    """Ends ringing calls past their deadline as missed (`timeout`)."""
-    return await _apply_due(calls, store.DUE_RINGING, domain.expire, limit)
-
-
-async def expire_invites(calls: CallTransitions, limit: int = 50) -> int:
-    """Stops the rings of group invitations past their window (`missed`)."""
-    return await _apply_due(calls, store.DUE_INVITES, domain.ring_timeouts, limit)
-
-
-async def stop_rings(calls: CallTransitions) -> None:
+async def stop_rings(calls: CallTransitions, limit: int = 50) -> int:
     """Every ring past its deadline: 1:1 calls end, group invitations are missed."""
-    await expire_ringing(calls)
-    await expire_invites(calls)
+    return await _apply_due(calls, RINGS, limit)
 
 
 async def end_silent_calls(calls: CallTransitions, limit: int = 50) -> int:
     """Ends live calls nobody has been in the media room of for the grace (`no_media`)."""
-    return await _apply_due(calls, store.DUE_NO_MEDIA, domain.no_media, limit)
+    return await _apply_due(calls, [(store.DUE_NO_MEDIA, domain.no_media)], limit)
 
 
 async def reconcile_media(calls: CallTransitions, media: Media, limit: int = 1000) -> None:
