@@ -561,11 +561,12 @@ def is_call_room(name: str) -> bool:
     return _CALL_ROOM.fullmatch(name) is not None
 
 
-def rooms_without_live_call(listed: Iterable[str], live: Collection[str]) -> list[str]:
-    """LiveKit's rooms to delete (reconciliation, for lost webhooks): every room named as
-    ours that no live call has, whether its call ended or there is no such call at all.
+def rooms_without_live_call(listed: Iterable[str], live: Collection[str], limit: int) -> list[str]:
+    """LiveKit's rooms to delete (reconciliation, for lost webhooks): rooms named as ours
+    that no live call has, whether its call ended or there is no such call at all, at
+    most `limit` of them (a pass stays bounded; the rest are listed again next pass).
     A room of another name is not ours and is left alone."""
-    return sorted(name for name in listed if is_call_room(name) and name not in live)
+    return sorted(name for name in listed if is_call_room(name) and name not in live)[:limit]
 
 
 def no_media(call: Call, now: datetime) -> Change:

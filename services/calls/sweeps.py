@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 
 RECONCILE_LOCK = 727276
+# DeleteRoom requests one reconciliation pass sends at most (at once): after an outage
+# of our webhook intake there may be thousands, and LiveKit serves calls meanwhile.
+STALE_ROOMS_PER_PASS = 50
 
 
 Rule = Callable[[Call, datetime], Change]
@@ -92,7 +95,7 @@ async def reconcile_media(calls: CallTransitions, media: Media, limit: int = 100
         ours = [name for name in occupied if domain.is_call_room(name)]
         live = await store.live_media_rooms(conn, ours) if ours else set()
     # After commit, like all LiveKit work; a room that survives this is listed next time.
-    stale = domain.rooms_without_live_call(occupied, live)
+    stale = domain.rooms_without_live_call(occupied, live, STALE_ROOMS_PER_PASS)
     if stale:
         await asyncio.gather(*(media.delete_room(name, "stale") for name in stale))
         log.info("stale media rooms removed", extra=log_fields(count=len(stale)))

@@ -120,5 +120,11 @@ def test_our_rooms_are_told_by_their_call_id_name() -> None:
 def test_rooms_without_a_live_call_are_those_of_ours_not_live() -> None:
     live, ended, unknown = new_id("call"), new_id("call"), new_id("call")
     listed = [live, ended, unknown, "someone-elses-room", "call_test"]
-    assert domain.rooms_without_live_call(listed, {live}) == sorted([ended, unknown])
-    assert domain.rooms_without_live_call([live], {live}) == []
+    assert domain.rooms_without_live_call(listed, {live}, 10) == sorted([ended, unknown])
+    assert domain.rooms_without_live_call([live], {live}, 10) == []
+
+
+def test_a_reconciliation_pass_deletes_a_bounded_number_of_rooms() -> None:
+    stale = sorted(new_id("call") for _ in range(5))
+    assert domain.rooms_without_live_call(stale, set(), 2) == stale[:2]
+    assert domain.rooms_without_live_call(stale[2:], set(), 2) == stale[2:4]  # next pass
