@@ -36,7 +36,12 @@ from services.webhooks import signing, ssrf_guard
 log = logging.getLogger(__name__)
 
 USER_AGENT = "Sendsar-Webhooks/1"
-POLL_SECONDS = 0.2  # how soon a retry falls due at the latest beyond its time
+# While rows are due that this replica could not take (a tenant at its share, rows
+# another replica holds), it looks again this often.
+POLL_SECONDS = 0.2
+# An idle replica sleeps until the next retry falls due, but at most this long: rows
+# another replica queued and then dropped (it died; their lease expired) wait no longer.
+IDLE_SECONDS = 1.0
 
 ATTEMPTS = Counter(
     "webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"]
@@ -135,6 +140,19 @@ class Deliverer:
                 )
             )
             return list(result.all())
+
+    async def seconds_to_next_retry(self) -> float:
+        """How long until the soonest unleased pending row falls due (IDLE_SECONDS when
+        there is none). An index walk (`ix_webhook_deliveries_due`), no transaction."""
+        soonest = (
+            select(func.extract("epoch", D.c.next_attempt_at - func.now()))
+            .where(D.c.status == "pending", D.c.lease_until.is_(None))
+            .order_by(D.c.next_attempt_at)
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            wait = (await conn.execute(soonest)).scalar()
+        return IDLE_SECONDS if wait is None else min(float(wait), IDLE_SECONDS)
 
     # --- send -----------------------------------------------------------------------
 
@@ -235,6 +253,20 @@ class Deliverer:
             limit=self.concurrency, resolver=ssrf_guard.PinnedResolver() if guarded else None
         )
 
+    async def pause(self, free: int, claimed: list[Any]) -> float:
+        """How long the loop waits for a wake-up (rows queued by this replica's intake, a
+        slot freed). Idle, it sleeps until the next retry is due instead of polling: an
+        idle replica costs one read a second, not five claim transactions."""
+        if free <= 0:
+            return IDLE_SECONDS  # every slot busy: a finishing request wakes the loop
+        if claimed:
+            return POLL_SECONDS
+        try:
+            wait = await self.seconds_to_next_retry()
+        except Exception:  # database away: the claim's own retry logs it
+            return 1.0
+        return wait if wait > 0 else POLL_SECONDS  # due but not ours to take: look again soon
+
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.WEBHOOK_TIMEOUT_SECONDS)
         connector = self.connector()
@@ -261,7 +293,7 @@ class Deliverer:
                     if rows and len(rows) == free:
                         continue  # maybe more due: claim again at once
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wakeup.wait(), POLL_SECONDS)
+                        await asyncio.wait_for(self.wakeup.wait(), await self.pause(free, rows))
             finally:
                 # Shutdown: let requests in flight finish (bounded); the rest keep their
                 # lease and are sent again after it expires.

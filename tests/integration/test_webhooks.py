@@ -17,9 +17,12 @@ from aiohttp import web
 from sendsar.calls.v1 import events_pb2
 
 from devstack.procs import free_port, grpc_serving
+from services.common.db import create_engine
 from services.common.models import new_id
+from services.common.settings import load_settings
 from services.events import types
 from services.webhooks import signing
+from services.webhooks.delivery import IDLE_SECONDS, POLL_SECONDS, Deliverer
 from tests.conftest import Tenant
 from tests.stack import Stack
 
@@ -413,3 +416,39 @@ async def test_an_event_on_another_tenants_subject_is_never_delivered(
     assert [h.event["id"] for h in rec_a.hits + rec_b.hits if h.event["id"] == forged.id] == []
     ids = {r["event_id"] for r in deliveries(stack, a.tenant_id) + deliveries(stack, b.tenant_id)}
     assert forged.id not in ids
+
+
+# --- an idle dispatcher sleeps until the next retry ---------------------------------------
+
+
+async def test_an_idle_deliverer_waits_for_the_next_retry_not_a_poll(scratch_db: str) -> None:
+    """With nothing due, the loop's pause runs to the soonest unleased retry (at most
+    IDLE_SECONDS); a due row it could not take brings it back after POLL_SECONDS."""
+    settings = load_settings(DATABASE_URL=scratch_db, ENV="test")
+    engine = create_engine(settings, pool_size=1)
+
+    def add(name: str, due_in: str, leased: bool = False) -> None:
+        with psycopg.connect(scratch_db) as db:
+            db.execute(
+                "INSERT INTO webhook_deliveries (id, tenant_id, event_id, event_type, body,"
+                " status, attempts, next_attempt_at, lease_until) VALUES (%s, 't', %s,"
+                " 'call.ended', '{}', 'pending', 0, now() + %s::interval,"
+                " CASE WHEN %s THEN now() + interval '1 minute' END)",
+                (name, name, due_in, leased),
+            )
+
+    try:
+        deliverer = Deliverer(settings, engine)
+        assert await deliverer.pause(4, []) == IDLE_SECONDS  # nothing pending at all
+        await asyncio.to_thread(add, "later", "1 hour")
+        assert await deliverer.pause(4, []) == IDLE_SECONDS  # a far retry: still capped
+        await asyncio.to_thread(add, "soon", "400 milliseconds")
+        assert 0.1 < await deliverer.pause(4, []) <= 0.4  # sleeps to it, not a poll
+        await asyncio.to_thread(add, "leased", "-1 second", True)  # being sent elsewhere
+        assert 0.1 < await deliverer.pause(4, []) <= 0.4
+        await asyncio.to_thread(add, "due", "-1 second")  # due, yet the claim took nothing
+        assert await deliverer.pause(4, []) == POLL_SECONDS
+        assert await deliverer.pause(4, [object()]) == POLL_SECONDS  # busy: look again soon
+        assert await deliverer.pause(0, []) == IDLE_SECONDS  # no slot: a finished send wakes
+    finally:
+        await engine.dispose()
