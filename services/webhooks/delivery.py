@@ -264,7 +264,7 @@ class Deliverer:
         try:
             wait = await self.seconds_to_next_retry()
         except Exception:  # database away: the claim's own retry logs it
-            return 1.0
+            return IDLE_SECONDS
         return wait if wait > 0 else POLL_SECONDS  # due but not ours to take: look again soon
 
     async def run(self) -> None:
