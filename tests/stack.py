@@ -35,6 +35,8 @@ class Stack:
     livekit_port: int = field(default_factory=free_port)
     demo_port: int = field(default_factory=free_port)  # devstack/demo.py, when a test runs it
     grpc_ports: dict[str, int] = field(default_factory=dict)
+    # Each gRPC service's Prometheus /metrics (worker i on the port + i).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     # Worker processes per gRPC service (each on its own port: base, base + 1, ...);
     # the call path runs two, so every test exercises several processes.
     workers: dict[str, int] = field(default_factory=lambda: {"calls": 2})
@@ -172,11 +174,13 @@ class Stack:
 
     def start_grpc_service(self, name: str, module: str, **extra: str) -> Proc:
         port = self.grpc_ports.setdefault(name, free_ports(self.workers.get(name, 1)))
+        metrics = self.metrics_ports.setdefault(name, free_ports(self.workers.get(name, 1)))
         workers = str(self.workers.get(name, 1))
+        env = {"GRPC_PORT": str(port), "METRICS_PORT": str(metrics), "WORKERS": workers, **extra}
         proc = Proc(
             name,
             [sys.executable, "-m", module],
-            self.env(GRPC_PORT=str(port), WORKERS=workers, **extra),
+            self.env(**env),
             self.workdir,
         )
         self.procs[name] = proc

@@ -115,6 +115,21 @@ class CallPolicy:
 
 
 @dataclass(frozen=True)
+class RoomRef:
+    """The room a request names, of a tenant."""
+
+    tenant: str
+    room: str
+
+
+@dataclass(frozen=True)
+class CallRef(RoomRef):
+    """The call a request names, in its room."""
+
+    call: str
+
+
+@dataclass(frozen=True)
 class Actor:
     """Who asks for a moderation action: an app user, or the tenant itself (API key)."""
 

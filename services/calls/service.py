@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -11,8 +12,17 @@ from sendsar.calls.v1 import calls_pb2 as pb
 from sendsar.calls.v1 import calls_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.calls import sweeps
-from services.calls.domain import RING_AGAIN_MAX, Actor
+from services.calls import domain, sweeps
+from services.calls.domain import (
+    RING_AGAIN_MAX,
+    Actor,
+    Call,
+    CallPolicy,
+    CallRef,
+    Change,
+    RoomRef,
+)
+from services.calls.effects import CallEffects
 from services.calls.media import Media
 from services.calls.transitions import Applied, CallTransitions
 from services.common import validation
@@ -39,30 +49,46 @@ POLICIES = {
 }
 
 
-def _caller(request: Any, with_call: bool = True) -> dict[str, str]:
+# A rule of a transition by an app user: the call, the user, the policy, the time.
+CallerRule = Callable[[Call, str, CallPolicy, datetime], Change]
+
+
+def _room(request: Any) -> tuple[RoomRef, str]:
+    """The room a request names and the app user who asks."""
     principal = current_principal()
-    ids = {
-        "tenant": principal.tenant_id,
-        "user": principal.require_user(),
-        "room": validation.resource_id(request.room_id, "roomId"),
-    }
-    if with_call:
-        ids["call"] = validation.resource_id(request.call_id, "callId")
-    if principal.kind is Kind.RING and ids.get("call") != principal.call_id:
+    room = RoomRef(principal.tenant_id, validation.resource_id(request.room_id, "roomId"))
+    return room, principal.require_user()
+
+
+def _call(request: Any) -> CallRef:
+    principal = current_principal()
+    ref = CallRef(
+        principal.tenant_id,
+        validation.resource_id(request.room_id, "roomId"),
+        validation.resource_id(request.call_id, "callId"),
+    )
+    if principal.kind is Kind.RING and ref.call != principal.call_id:
         # A ring token answers the one call it names: anything else, as if it were absent.
         raise unauthenticated("this ring token is for another call")
-    return ids
+    return ref
 
 
-def _moderation(request: Any) -> tuple[dict[str, str], Actor]:
+def _caller(request: Any) -> tuple[CallRef, str]:
+    """The call a request names and the app user who asks (a session or a ring token)."""
+    ref = _call(request)
+    return ref, current_principal().require_user()
+
+
+def _moderation(request: Any) -> tuple[CallRef, Actor]:
     """The call a moderation request names, and who asks: an app user or the tenant."""
     principal = current_principal()
-    ids = {
-        "tenant": principal.tenant_id,
-        "room": validation.resource_id(request.room_id, "roomId"),
-        "call": validation.resource_id(request.call_id, "callId"),
-    }
-    return ids, Actor(principal.user_id if principal.kind is Kind.SESSION else None)
+    return _call(request), Actor(principal.user_id if principal.kind is Kind.SESSION else None)
+
+
+def _on_participant(request: Any) -> tuple[CallRef, Actor, str]:
+    """A moderation request about one participant: the call, who asks, and whom."""
+    ref, actor = _moderation(request)
+    return ref, actor, validation.user_id(request.user_id)
 
 
 class CallService(pb_grpc.CallServiceServicer):
@@ -80,45 +106,53 @@ class CallService(pb_grpc.CallServiceServicer):
             ),
         )
 
+    async def _by_caller(self, request: Any, rule: CallerRule) -> tuple[Applied, str]:
+        """A transition of the call the request names by the app user who asks."""
+        ref, user = _caller(request)
+        applied = await self.calls.on_call(
+            ref, user, lambda call, policy, now: rule(call, user, policy, now)
+        )
+        return applied, user
+
     async def GetActiveCall(
         self, request: pb.GetActiveCallRequest, context: Any
     ) -> pb.GetActiveCallResponse:
-        applied = await self.calls.active(**_caller(request, with_call=False))
+        applied = await self.calls.active(*_room(request))
         return pb.GetActiveCallResponse(call=applied.message if applied else None)
 
     async def StartCall(self, request: pb.StartCallRequest, context: Any) -> pb.StartCallResponse:
-        ids = _caller(request, with_call=False)
+        room, user = _room(request)
         call_type = validation.call_type(request.type) if request.HasField("type") else None
         custom = validation.custom_data(request.custom) if request.HasField("custom") else None
-        applied = await self.calls.start(**ids, call_type=call_type, custom=custom)
+        applied = await self.calls.start(room, user, call_type, custom)
         if not applied.call.live:  # over as it began (busy): nothing to join
             return pb.StartCallResponse(call=applied.message)
-        return pb.StartCallResponse(
-            call=applied.message, livekit=self._livekit(applied, ids["user"])
-        )
+        return pb.StartCallResponse(call=applied.message, livekit=self._livekit(applied, user))
 
     async def AcceptCall(
         self, request: pb.AcceptCallRequest, context: Any
     ) -> pb.AcceptCallResponse:
-        ids = _caller(request)
-        applied = await self.calls.accept(**ids)
-        return pb.AcceptCallResponse(
-            call=applied.message, livekit=self._livekit(applied, ids["user"])
-        )
+        applied, user = await self._by_caller(request, domain.accept)
+        return pb.AcceptCallResponse(call=applied.message, livekit=self._livekit(applied, user))
 
     async def DeclineCall(
         self, request: pb.DeclineCallRequest, context: Any
     ) -> pb.DeclineCallResponse:
-        applied = await self.calls.decline(**_caller(request))
+        applied, _ = await self._by_caller(request, lambda c, u, _, now: domain.decline(c, u, now))
         return pb.DeclineCallResponse(call=applied.message)
 
     async def EndCall(self, request: pb.EndCallRequest, context: Any) -> pb.EndCallResponse:
-        ids, actor = _moderation(request)
-        if actor.host:
-            applied = await self.calls.end_by_host(**ids)
+        ref, actor = _moderation(request)
+        user = actor.user_id
+        if user is None:
+            applied = await self.calls.on_call(
+                ref, None, lambda call, _, now: domain.end_by_host(call, now)
+            )
         else:
-            reason = request.reason if request.HasField("reason") else None
-            applied = await self.calls.end(**ids, user=actor.user_id or "", reason=reason)
+            reason = domain.end_reason(request.reason if request.HasField("reason") else None)
+            applied = await self.calls.on_call(
+                ref, user, lambda call, _, now: domain.end(call, user, reason, now)
+            )
         return pb.EndCallResponse(call=applied.message)
 
     async def ListRingingCalls(
@@ -129,40 +163,38 @@ class CallService(pb_grpc.CallServiceServicer):
         return pb.ListRingingCallsResponse(calls=[a.message for a in found])
 
     async def RingCall(self, request: pb.RingCallRequest, context: Any) -> pb.RingCallResponse:
-        ids = _caller(request)
+        ref, user = _caller(request)
         targets = validation.user_ids(request.user_ids, "userIds", most=RING_AGAIN_MAX)
-        applied = await self.calls.ring_again(**ids, targets=targets)
+        applied = await self.calls.ring_again(ref, user, targets)
         return pb.RingCallResponse(call=applied.message)
 
     async def RemoveParticipant(
         self, request: pb.RemoveParticipantRequest, context: Any
     ) -> pb.RemoveParticipantResponse:
-        ids, actor = _moderation(request)
-        target = validation.user_id(request.user_id)
-        applied = await self.calls.remove(**ids, actor=actor, target=target)
+        ref, actor, target = _on_participant(request)
+        applied = await self.calls.on_call(
+            ref, actor.user_id, lambda call, _, now: domain.remove(call, actor, target, now)
+        )
         return pb.RemoveParticipantResponse(call=applied.message)
 
     async def MuteParticipant(
         self, request: pb.MuteParticipantRequest, context: Any
     ) -> pb.MuteParticipantResponse:
-        ids, actor = _moderation(request)
-        target = validation.user_id(request.user_id)
+        ref, actor, target = _on_participant(request)
         kind = validation.one_of(request.kind, "kind", ("audio", "video"))
-        applied = await self.calls.mute(**ids, actor=actor, target=target, kind=kind)
+        applied = await self.calls.mute(ref, actor, target, kind)
         return pb.MuteParticipantResponse(call=applied.message)
 
     async def LeaveCall(self, request: pb.LeaveCallRequest, context: Any) -> pb.LeaveCallResponse:
-        applied = await self.calls.leave(**_caller(request))
+        applied, _ = await self._by_caller(request, lambda c, u, _, now: domain.leave(c, u, now))
         return pb.LeaveCallResponse(call=applied.message)
 
     async def RefreshToken(
         self, request: pb.RefreshTokenRequest, context: Any
     ) -> pb.RefreshTokenResponse:
-        ids = _caller(request)
-        applied = await self.calls.token_holder(**ids)
-        return pb.RefreshTokenResponse(
-            call=applied.message, livekit=self._livekit(applied, ids["user"])
-        )
+        ref, user = _caller(request)
+        applied = await self.calls.token_holder(ref, user)
+        return pb.RefreshTokenResponse(call=applied.message, livekit=self._livekit(applied, user))
 
     async def HandleLivekitWebhook(
         self, request: Any, context: grpc.aio.ServicerContext
@@ -180,9 +212,10 @@ class CallService(pb_grpc.CallServiceServicer):
 async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     media = Media(settings)
     pool = await open_pool(settings, settings.DB_POOL_SIZE, min_size=2)
+    effects = CallEffects(media, pool)
     calls = CallTransitions(
         pool,
-        media,
+        effects,
         RingTokens(settings.SESSION_SIGNING_KEY),
         timedelta(seconds=settings.CALL_MEDIA_GRACE_SECONDS),
     )
@@ -204,13 +237,10 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
         )
 
     async def media_cleanup() -> None:
-        await sweeps.every(5.0, lambda: sweeps.clean_media_rooms(calls, media))
-
-    async def ended_rooms() -> None:
-        await sweeps.remove_ended_rooms(calls, media)
+        await sweeps.every(5.0, effects.retry_room_deletions)
 
     async def close() -> None:
-        await calls.drain()
+        await effects.drain()
         await media.close()
         await pool.close()
 
@@ -221,7 +251,7 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
             ring_timeouts,
             silent_calls,
             reconcile,
-            ended_rooms,
+            effects.delete_ended_rooms,
             media_cleanup,
             *relay.background,
         ],

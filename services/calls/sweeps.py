@@ -1,8 +1,10 @@
-"""Background sweeps of the calls service: ring deadlines, ghost calls, LiveKit rooms.
+"""Background sweeps of the calls service: ring deadlines, ghost calls, reconciliation
+with LiveKit's rooms.
 
 Every replica (and every worker process) runs them; `FOR UPDATE SKIP LOCKED` shares the
-due rows out, so each expiry and each clean-up happens once, on whichever process is
-alive.
+due rows out, so each expiry happens once, on whichever process is alive. LiveKit is
+only called outside transactions (the deletion of ended calls' rooms, and its retries,
+are `effects.CallEffects`'s).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ async def _apply_due(
                 for call, change in changes:
                     await calls.save(conn, call, change, now)
             for call, change in changes:
-                calls.after_commit(call, change)
+                calls.effects.after_commit(call, change)
             done += len(changes)
     return done
 
@@ -99,35 +101,6 @@ async def reconcile_media(calls: CallTransitions, media: Media, limit: int = 100
     if stale:
         await asyncio.gather(*(media.delete_room(name, "stale") for name in stale))
         log.info("stale media rooms removed", extra=log_fields(count=len(stale)))
-
-
-async def clean_media_rooms(calls: CallTransitions, media: Media, limit: int = 20) -> None:
-    """Retries LiveKit room deletion for ended calls until LiveKit confirms (after
-    LiveKit was unreachable, or a process died before remove_ended_rooms got to it)."""
-    async with calls.transaction() as conn:
-        cleaned: list[str] = []
-        for call_id, livekit_room in await store.lock_pending_cleanups(conn, limit):
-            if not await media.delete_room(livekit_room, "ended"):
-                break  # LiveKit unreachable: try again on the next sweep
-            cleaned.append(call_id)
-        if cleaned:
-            await store.mark_cleaned(conn, cleaned)
-            log.info("media rooms removed", extra=log_fields(count=len(cleaned)))
-
-
-async def remove_ended_rooms(calls: CallTransitions, media: Media, batch: int = 50) -> None:
-    """Deletes the LiveKit rooms of calls this process ended (those LiveKit told us of a
-    room for), as they end: the deletions of a batch run together and are marked done
-    in one statement."""
-    while True:
-        due = [await calls.ended_rooms.get()]
-        while len(due) < batch and not calls.ended_rooms.empty():
-            due.append(calls.ended_rooms.get_nowait())
-        gone = await asyncio.gather(*(media.delete_room(room, "ended") for _, room in due))
-        cleaned = [call_id for (call_id, _), ok in zip(due, gone, strict=True) if ok]
-        if cleaned:  # the rest stay pending for clean_media_rooms
-            async with calls.transaction() as conn:
-                await store.mark_cleaned(conn, cleaned)
 
 
 async def every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:

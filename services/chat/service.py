@@ -14,11 +14,14 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.calls import membership
+from services.calls.domain import RoomRef
+from services.calls.effects import CallEffects
 from services.calls.media import Media
+from services.calls.transitions import CallTransitions
 from services.chat import repo
 from services.common import validation
-from services.common.auth import Kind, Policy, current_principal
-from services.common.db import transaction
+from services.common.auth import Kind, Policy, RingTokens, current_principal
+from services.common.db import open_pool, transaction
 from services.common.errors import conflict, invalid, not_found
 from services.common.rooms import require_member, room_members
 from services.common.server import Registration, ServiceParts
@@ -111,9 +114,9 @@ def _text_parts(parts: Any) -> list[dict[str, Any]]:
 
 
 class ChatService(pb_grpc.ChatServiceServicer):
-    def __init__(self, engine: AsyncEngine, media: Media) -> None:
+    def __init__(self, engine: AsyncEngine, calls: CallTransitions) -> None:
         self.engine = engine
-        self.media = media  # to take a removed member out of a live call's media room
+        self.calls = calls  # a removed member leaves the room's live call
 
     async def _room(self, conn: AsyncConnection, tenant_id: str, room_id: str) -> pb.Room:
         row = await repo.get_room(conn, tenant_id=tenant_id, room_id=room_id)
@@ -148,16 +151,12 @@ class ChatService(pb_grpc.ChatServiceServicer):
         async with transaction(self.engine) as conn:
             await self._room(conn, tenant_id, room_id)  # 404 before any change
             await repo.remove_member(conn, tenant_id=tenant_id, room_id=room_id, user_id=user_id)
-            # The call store speaks psycopg: the same connection, so the same transaction.
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
             left = await membership.leave_live_call(
-                raw, tenant=tenant_id, room=room_id, user=user_id
+                self.calls, conn, RoomRef(tenant_id, room_id), user_id
             )
             room = await self._room(conn, tenant_id, room_id)
-        if left is not None:  # after commit (an ended call's media room goes by the calls
-            for kicked in left.kicked:  # service's clean-up sweep)
-                await self.media.remove_participant(left.call.livekit_room, kicked)
+        if left is not None:
+            self.calls.effects.after_commit(*left)
         return room
 
     async def ListMessages(
@@ -213,11 +212,27 @@ class ChatService(pb_grpc.ChatServiceServicer):
 
 
 async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
+    # A member's removal from a room ends or changes its live call: what follows the
+    # commit (metrics, LiveKit) goes the calls service's one way, with its own small pool
+    # for marking deleted media rooms.
     media = Media(settings)
-    servicer = ChatService(engine, media)
+    pool = await open_pool(settings, max_size=2)
+    effects = CallEffects(media, pool)
+    servicer = ChatService(
+        engine, CallTransitions(pool, effects, RingTokens(settings.SESSION_SIGNING_KEY))
+    )
 
     def add(server: grpc.aio.Server) -> None:
         pb_grpc.add_ChatServiceServicer_to_server(servicer, server)
 
+    async def close() -> None:
+        await effects.drain()
+        await media.close()
+        await pool.close()
+
     name = pb.DESCRIPTOR.services_by_name["ChatService"].full_name
-    return ServiceParts(registrations=[Registration(add, name, POLICIES)], closers=[media.close])
+    return ServiceParts(
+        registrations=[Registration(add, name, POLICIES)],
+        background=[effects.delete_ended_rooms],
+        closers=[close],
+    )

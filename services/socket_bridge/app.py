@@ -33,13 +33,13 @@ from google.protobuf import json_format
 from prometheus_client import Counter, Gauge, make_asgi_app
 from sendsar.calls.v1 import events_pb2
 
+from services.calls.queries import live_calls
 from services.common.auth import verify_session
 from services.common.db import create_engine
 from services.common.errors import ServiceError
 from services.common.logging import log_fields
 from services.common.settings import Settings
 from services.events.consumer import EventConsumer, event_span
-from services.socket_bridge.sync import live_calls
 
 log = logging.getLogger(__name__)
 

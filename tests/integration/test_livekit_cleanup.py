@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from livekit import api
 
-from devstack.procs import Proc, free_ports, http_ok
+from devstack.procs import http_ok
 from services.common.settings import DEV_LIVEKIT_SECRET
 from tests.conftest import Tenant, create_tenant
 from tests.integration.test_livekit_media import (
@@ -144,23 +144,14 @@ async def test_joining_the_media_room_after_the_end_gets_the_room_deleted_via_it
 
 @dataclass
 class DeafStack(Stack):
-    """LiveKit sends its webhooks nowhere, reconciliation runs every second, and the calls
-    workers serve Prometheus metrics (worker i on calls_metrics_port + i)."""
-
-    calls_metrics_port: int = 0
-
-    def start_grpc_service(self, name: str, module: str, **extra: str) -> Proc:
-        if name == "calls":
-            self.calls_metrics_port = free_ports(self.workers[name])
-            extra["METRICS_PORT"] = str(self.calls_metrics_port)
-        return super().start_grpc_service(name, module, **extra)
+    """LiveKit sends its webhooks nowhere and reconciliation runs every second."""
 
     def deletions(self, why: str) -> float:
         """DeleteRoom requests the calls workers sent, for one reason, all workers summed."""
         line = f'livekit_room_deletions_total{{why="{why}"}} '
         total = 0.0
         for i in range(self.workers["calls"]):
-            url = f"http://127.0.0.1:{self.calls_metrics_port + i}/metrics"
+            url = f"http://127.0.0.1:{self.metrics_ports['calls'] + i}/metrics"
             text = httpx.get(url, timeout=5).text
             total += sum(float(s.split()[-1]) for s in text.splitlines() if s.startswith(line))
         return total
@@ -175,7 +166,7 @@ def deaf_stack() -> Iterator[DeafStack]:
     )
     try:
         s.start_all()
-        assert http_ok(f"http://127.0.0.1:{s.calls_metrics_port}/metrics")
+        assert http_ok(f"http://127.0.0.1:{s.metrics_ports['calls']}/metrics")
         yield s
     finally:
         s.stop_all()

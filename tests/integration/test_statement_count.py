@@ -15,7 +15,9 @@ import pytest
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
-from services.calls import store
+from services.calls import domain, locks
+from services.calls.domain import CallRef, RoomRef
+from services.calls.effects import CallEffects
 from services.calls.media import Media
 from services.calls.transitions import CallTransitions
 from services.common.auth import RingTokens
@@ -47,13 +49,40 @@ async def calls(stack: Stack) -> AsyncIterator[CallTransitions]:
     )
     await pool.open(wait=True)
     media = Media(settings)
-    transitions = CallTransitions(pool, media, RingTokens(settings.SESSION_SIGNING_KEY))
+    effects = CallEffects(media, pool)
+    transitions = CallTransitions(pool, effects, RingTokens(settings.SESSION_SIGNING_KEY))
     try:
         yield transitions
     finally:
-        await transitions.drain()
+        await effects.drain()
         await media.close()
         await pool.close()
+
+
+def start(calls: CallTransitions, tenant: Tenant, room: str, user: str) -> Any:
+    return calls.start(RoomRef(tenant.tenant_id, room), user, None, None)
+
+
+def accept(calls: CallTransitions, tenant: Tenant, room: str, call: str, user: str) -> Any:
+    ref = CallRef(tenant.tenant_id, room, call)
+    return calls.on_call(ref, user, lambda c, p, now: domain.accept(c, user, p, now))
+
+
+def decline(calls: CallTransitions, tenant: Tenant, room: str, call: str, user: str) -> Any:
+    return calls.on_call(
+        CallRef(tenant.tenant_id, room, call), user, lambda c, _, now: domain.decline(c, user, now)
+    )
+
+
+def leave(calls: CallTransitions, tenant: Tenant, room: str, call: str, user: str) -> Any:
+    return calls.on_call(
+        CallRef(tenant.tenant_id, room, call), user, lambda c, _, now: domain.leave(c, user, now)
+    )
+
+
+def end(calls: CallTransitions, tenant: Tenant, room: str, call: str, user: str) -> Any:
+    ref = CallRef(tenant.tenant_id, room, call)
+    return calls.on_call(ref, user, lambda c, _, now: domain.end(c, user, None, now))
 
 
 async def counted(step: Any) -> tuple[Any, int]:
@@ -64,18 +93,17 @@ async def counted(step: Any) -> tuple[Any, int]:
 
 async def test_direct_lifecycle_statement_counts(calls: CallTransitions, tenant: Tenant) -> None:
     room = tenant.room("alice", "bob")
-    ids: dict[str, Any] = {"tenant": tenant.tenant_id, "room": room}
-    started, n_start = await counted(calls.start(**ids, user="alice", call_type=None))
+    started, n_start = await counted(start(calls, tenant, room, "alice"))
     assert started.call.status == "ringing"
     call = started.call.id
-    accepted, n_accept = await counted(calls.accept(**ids, call=call, user="bob"))
+    accepted, n_accept = await counted(accept(calls, tenant, room, call, "bob"))
     assert accepted.call.status == "active"
-    ended, n_end = await counted(calls.end(**ids, call=call, user="alice", reason=None))
+    ended, n_end = await counted(end(calls, tenant, room, call, "alice"))
     assert ended.call.end_reason == "hangup"
     assert max(n_start, n_accept, n_end) <= MAX_STATEMENTS, (n_start, n_accept, n_end)
 
-    again = await calls.start(**ids, user="alice", call_type="audio")
-    declined, n_decline = await counted(calls.decline(**ids, call=again.call.id, user="bob"))
+    again = await start(calls, tenant, room, "alice")
+    declined, n_decline = await counted(decline(calls, tenant, room, again.call.id, "bob"))
     assert declined.call.end_reason == "declined"
     assert n_decline <= MAX_STATEMENTS, n_decline
 
@@ -83,24 +111,22 @@ async def test_direct_lifecycle_statement_counts(calls: CallTransitions, tenant:
 async def test_glare_start_statement_count(calls: CallTransitions, tenant: Tenant) -> None:
     """The callee's start on a ringing call: the longest start (insert loses, then join)."""
     room = tenant.room("alice", "bob")
-    ids: dict[str, Any] = {"tenant": tenant.tenant_id, "room": room}
-    first = await calls.start(**ids, user="alice", call_type=None)
-    glare, n = await counted(calls.start(**ids, user="bob", call_type=None))
+    first = await start(calls, tenant, room, "alice")
+    glare, n = await counted(start(calls, tenant, room, "bob"))
     assert glare.call.id == first.call.id and glare.call.status == "active"
     assert n <= MAX_STATEMENTS, n
 
 
 async def test_group_statement_counts(calls: CallTransitions, tenant: Tenant) -> None:
     room = tenant.room("alice", "bob", "carol", "dave")
-    ids: dict[str, Any] = {"tenant": tenant.tenant_id, "room": room}
-    started, n_start = await counted(calls.start(**ids, user="alice", call_type=None))
+    started, n_start = await counted(start(calls, tenant, room, "alice"))
     call = started.call.id
-    _, n_accept = await counted(calls.accept(**ids, call=call, user="bob"))
-    _, n_rejoin = await counted(calls.start(**ids, user="carol", call_type=None))
-    _, n_decline = await counted(calls.decline(**ids, call=call, user="dave"))
-    left, n_leave = await counted(calls.leave(**ids, call=call, user="bob"))
+    _, n_accept = await counted(accept(calls, tenant, room, call, "bob"))
+    _, n_rejoin = await counted(start(calls, tenant, room, "carol"))
+    _, n_decline = await counted(decline(calls, tenant, room, call, "dave"))
+    left, n_leave = await counted(leave(calls, tenant, room, call, "bob"))
     assert left.call.participant("bob").state == "left"
-    ended, n_end = await counted(calls.end(**ids, call=call, user="alice", reason=None))
+    ended, n_end = await counted(end(calls, tenant, room, call, "alice"))
     assert ended.call.status == "ended"
     counts = (n_start, n_accept, n_rejoin, n_decline, n_leave, n_end)
     assert max(counts) <= MAX_STATEMENTS, counts
@@ -110,21 +136,16 @@ async def test_ringing_statement_counts(calls: CallTransitions, tenant: Tenant) 
     """A 1:1 start under the "reject" busy policy (user locks, then the busy check), a
     busy one, and ringing a group's members again."""
     tenant.patch_settings(busyPolicy="reject")
-    ids: dict[str, Any] = {"tenant": tenant.tenant_id}
-    rings, n_free = await counted(
-        calls.start(**ids, room=tenant.room("alice", "bob"), user="alice", call_type=None)
-    )
+    rings, n_free = await counted(start(calls, tenant, tenant.room("alice", "bob"), "alice"))
     assert rings.call.status == "ringing"
     group_room = tenant.room("carol", "dave", "erin")
-    group = await calls.start(**ids, room=group_room, user="carol", call_type=None)
-    await calls.accept(**ids, room=group_room, call=group.call.id, user="dave")
-    busy, n_busy = await counted(
-        calls.start(**ids, room=tenant.room("frank", "dave"), user="frank", call_type=None)
-    )
+    group = await start(calls, tenant, group_room, "carol")
+    await accept(calls, tenant, group_room, group.call.id, "dave")
+    busy, n_busy = await counted(start(calls, tenant, tenant.room("frank", "dave"), "frank"))
     assert (busy.call.status, busy.call.end_reason) == ("ended", "busy")
-    await calls.decline(**ids, room=group_room, call=group.call.id, user="erin")
+    await decline(calls, tenant, group_room, group.call.id, "erin")
     _, n_ring = await counted(
-        calls.ring_again(**ids, room=group_room, call=group.call.id, user="carol", targets=["erin"])
+        calls.ring_again(CallRef(tenant.tenant_id, group_room, group.call.id), "carol", ["erin"])
     )
     counts = (n_free, n_busy, n_ring)
     assert max(counts) <= MAX_STATEMENTS, counts
@@ -137,33 +158,30 @@ async def test_the_busy_check_waits_for_a_user_joining_elsewhere(
     lock before looking, so a join that holds the lock (every write making a user joined
     takes it) is seen once it commits, never missed in between."""
     tenant.patch_settings(busyPolicy="reject")
-    ids: dict[str, Any] = {"tenant": tenant.tenant_id}
     group_room = tenant.room("carol", "bob", "dave")
-    group = await calls.start(**ids, room=group_room, user="carol", call_type=None)
+    group = await start(calls, tenant, group_room, "carol")
     async with await AsyncConnection.connect(stack.database_url) as other:
         # Another transaction holds bob's user lock, as a join by bob would.
         await other.execute(
-            "SELECT pg_advisory_xact_lock(%s, hashtext(%s || '/' || 'bob'))",
-            (store.USER_LOCK_CLASS, tenant.tenant_id),
+            "SELECT pg_advisory_xact_lock(%s, %s)",
+            (locks.USER_LOCK_CLASS, locks.user_key(tenant.tenant_id, "bob")),
         )
-        start = asyncio.create_task(
-            calls.start(**ids, room=tenant.room("alice", "bob"), user="alice", call_type=None)
-        )
+        busy = asyncio.create_task(start(calls, tenant, tenant.room("alice", "bob"), "alice"))
         await asyncio.sleep(0.5)
-        assert not start.done()  # waiting for bob's lock, before looking
+        assert not busy.done()  # waiting for bob's lock, before looking
         await other.execute(
             "UPDATE call_participants SET state = 'joined' WHERE call_id = %s AND user_id = 'bob'",
             (group.call.id,),
         )
         await other.commit()
-    started = await start
+    started = await busy
     assert (started.call.status, started.call.end_reason) == ("ended", "busy")
 
 
 async def test_the_counter_sees_every_statement(calls: CallTransitions, tenant: Tenant) -> None:
     """Guards the guard: a read with no live call is exactly one SELECT, and is counted."""
     room = tenant.room("alice", "bob")
-    _, n = await counted(calls.active(tenant=tenant.tenant_id, room=room, user="alice"))
+    _, n = await counted(calls.active(RoomRef(tenant.tenant_id, room), "alice"))
     assert n == 1 and sent == ["SELECT"]
 
 
@@ -174,11 +192,10 @@ async def test_a_transition_that_waited_for_the_lock_sees_the_committed_state(
     any wait; when a transition commits meanwhile, the version check re-reads them."""
     tenant.patch_settings(maxParticipants=2)
     room = tenant.room("alice", "bob", "carol")
-    ids: dict[str, Any] = {"tenant": tenant.tenant_id, "room": room}
-    call = (await calls.start(**ids, user="alice", call_type=None)).call.id
+    call = (await start(calls, tenant, room, "alice")).call.id
     async with await AsyncConnection.connect(stack.database_url) as other:
         await other.execute("SELECT 1 FROM calls WHERE id = %s FOR UPDATE", (call,))
-        waiting = asyncio.create_task(counted(calls.accept(**ids, call=call, user="bob")))
+        waiting = asyncio.create_task(counted(accept(calls, tenant, room, call, "bob")))
         await asyncio.sleep(0.5)  # bob's accept is now blocked on the row lock
         assert not waiting.done()
         # What another transition would commit: carol joins, the version moves on.
@@ -200,11 +217,10 @@ async def test_a_join_that_waited_for_the_lock_sees_a_membership_removed_meanwhi
     """RemoveMember deletes the membership and moves the live call's version on under
     its lock: a join waiting for that lock reads the membership again and is refused."""
     room = tenant.room("alice", "bob", "carol")
-    ids: dict[str, Any] = {"tenant": tenant.tenant_id, "room": room}
-    call = (await calls.start(**ids, user="alice", call_type=None)).call.id
+    call = (await start(calls, tenant, room, "alice")).call.id
     async with await AsyncConnection.connect(stack.database_url) as other:
         await other.execute("SELECT 1 FROM calls WHERE id = %s FOR UPDATE", (call,))
-        waiting = asyncio.create_task(calls.accept(**ids, call=call, user="carol"))
+        waiting = asyncio.create_task(accept(calls, tenant, room, call, "carol"))
         await asyncio.sleep(0.5)
         assert not waiting.done()
         await other.execute(
