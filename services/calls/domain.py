@@ -15,7 +15,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from services.common.errors import ServiceError, conflict, forbidden, invalid, not_found
+from services.common.errors import (
+    ServiceError,
+    conflict,
+    forbidden,
+    invalid,
+    not_found,
+    unauthenticated,
+)
 from services.events import types as events
 
 Status = Literal["ringing", "active", "ended"]
@@ -171,6 +178,13 @@ class Change:
 
 def require_enabled(policy: CallPolicy | None) -> CallPolicy:
     if policy is None or not policy.enabled:
+        raise forbidden("CALLS_DISABLED", "calls are disabled for this account")
+    return policy
+
+
+def require_tenant(policy: CallPolicy | None) -> CallPolicy:
+    """The tenant's policy, whether its calls are enabled or not."""
+    if policy is None:
         raise forbidden("CALLS_DISABLED", "calls are disabled for this account")
     return policy
 
@@ -454,6 +468,7 @@ def end(call: Call, user_id: str, reason: str | None, now: datetime) -> Change:
             raise forbidden(
                 "NOT_CALL_CREATOR", "only the call's creator can end it for everyone; use leave"
             )
+        _require_joined_creator(call, user_id)
         return _finish(call, "hangup", user_id, now)
     if call.participant(user_id) is None:
         raise forbidden("NOT_CALL_PARTICIPANT", "you are not in this call")
@@ -519,11 +534,16 @@ def ring_again(
             raise forbidden("REMOVED_FROM_CALL", f"'{target}' was removed from this call")
         if participant is not None and participant.state == "joined":
             raise conflict("ALREADY_JOINED", f"'{target}' is in the call")
+    # Whoever is still ringing keeps the ring they have: one call.invite per ring.
+    ringing = set(call.ringing())
+    again = tuple(target for target in targets if target not in ringing)
+    if not again:
+        return Change(call)
     ring_until = now + timedelta(seconds=call.ring_timeout_seconds)
     rung = call
-    for target in targets:
+    for target in again:
         rung = _set(rung, target, "invited", now, ring_until=ring_until)
-    return Change(rung, [Event(events.INVITE, user_id, tuple(targets), ring_until=ring_until)])
+    return Change(rung, [Event(events.INVITE, user_id, again, ring_until=ring_until)])
 
 
 def media_left(call: Call, user_id: str, session_started: datetime | None, now: datetime) -> Change:
@@ -544,15 +564,33 @@ def media_left(call: Call, user_id: str, session_started: datetime | None, now: 
 
 def media_joined(call: Call, user_id: str) -> Change:
     """Someone is in the call's media room, so it exists: a live call's room is deleted
-    when the call ends, and a participant in it means the call is not a ghost. An ended
-    call's room must not outlive it (a media token used after the end, or a webhook that
-    lost the race with the end): it goes now."""
+    when the call ends. Media access is the call's truth: only a `joined` participant
+    may be in the room, and being there means the call is not a ghost. Anyone else (a
+    removed or departed participant back with a token they still hold, which LiveKit
+    keeps valid for its 600 s and refreshes while connected) is taken out at once. An
+    ended call's room must not outlive it (a media token used after the end, or a
+    webhook that lost the race with the end): it goes now."""
     used = replace(call, media_used=True)
     if call.status == "ended":
         return Change(used, delete_room=True)
-    if call.participant(user_id) is None:
-        return Change(used)
+    participant = call.participant(user_id)
+    if participant is None or participant.state != "joined":
+        return Change(used, kicked=[user_id])
     return Change(replace(used, media_deadline=None))
+
+
+def media_intruders(call: Call, present: Iterable[str]) -> list[str]:
+    """Who is in a live call's media room (by LiveKit's account) but not joined in the
+    call: reconciliation's findings, each then decided afresh under the call's lock
+    (`media_joined`)."""
+    joined = set(call.joined())
+    return sorted(identity for identity in present if identity not in joined)
+
+
+def may_return(call: Call) -> bool:
+    """Whether someone could be in the media room who should not: a participant who was
+    joined once (and so was given a media token) and is not now."""
+    return any(p.ever_joined and p.state != "joined" for p in call.participants)
 
 
 def media_occupancy(call: Call, occupied: bool, grace: timedelta, now: datetime) -> Change:
@@ -596,6 +634,16 @@ def media_ended(call: Call, now: datetime) -> Change:
     return _finish(call, "media_ended", call.created_by, now)
 
 
+def require_ringing(call: Call, user_id: str, now: datetime) -> None:
+    """A ring token answers only while its user's ring is live: once it stopped (answered
+    or declined on another device, cancelled, timed out), the token is worth nothing, as
+    if no credential had been given."""
+    participant = call.participant(user_id)
+    deadline = participant.ring_deadline if participant is not None else None
+    if participant is None or not participant.ringing or deadline is None or deadline <= now:
+        raise unauthenticated("this ring has stopped")
+
+
 def token_holder(call: Call, user_id: str) -> Call:
     """Only a current participant gets a fresh media token."""
     _not_removed(call, user_id)
@@ -609,12 +657,24 @@ def token_holder(call: Call, user_id: str) -> Call:
 
 
 def require_moderator(call: Call, actor: Actor) -> None:
-    """The tenant on any call; a group call's creator on theirs."""
-    if actor.host or (call.mode == "group" and actor.user_id == call.created_by):
+    """The tenant on any call; a group call's creator on theirs, while joined in it."""
+    if actor.host:
+        return
+    if call.mode == "group" and actor.user_id == call.created_by:
+        _require_joined_creator(call, actor.user_id)
         return
     raise forbidden(
         "NOT_CALL_CREATOR", "only the group call's creator or the tenant's API key can do this"
     )
+
+
+def _require_joined_creator(call: Call, user_id: str) -> None:
+    """A creator's powers over the call (end it for all, remove, mute) last while they
+    are in it: one removed by the tenant has none, one who left must join again."""
+    _not_removed(call, user_id)
+    participant = call.participant(user_id)
+    if participant is None or participant.state != "joined":
+        raise conflict("NOT_IN_CALL", "join the call again to end it for everyone or moderate it")
 
 
 def require_participant(call: Call, user_id: str) -> Participant:

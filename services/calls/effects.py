@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # Ended calls whose room deletion failed (or whose process died before it) are retried
 # by `retry_room_deletions` once they ended this long ago.
 RETRY_SETTLE_SECONDS = 10.0
+# A kick is sent at once and again after each of these pauses until LiveKit confirms
+# (about 15 s in all; reconciliation takes over after that).
+KICK_RETRY_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class CallEffects:
@@ -49,7 +52,16 @@ class CallEffects:
         if change.delete_room:
             self._ended_rooms.put_nowait((call.id, call.livekit_room))
         for user_id in change.kicked:
-            self._spawn(self.media.remove_participant(call.livekit_room, user_id))
+            self._spawn(self._kick(call.livekit_room, user_id))
+
+    async def _kick(self, livekit_room: str, user_id: str) -> None:
+        """Takes a user out of a media room, retried until LiveKit confirms (a process
+        that dies first leaves it to reconciliation, which compares identities)."""
+        for delay in KICK_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            if await self.media.remove_participant(livekit_room, user_id):
+                return
+        log.warning("media kick not confirmed", extra=log_fields(room=livekit_room))
 
     def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(job)

@@ -35,8 +35,11 @@ PUBLISH_SOURCES = {
     "audio": ["microphone"],
     "video": ["microphone", "camera", "screen_share", "screen_share_audio"],
 }
-# Which published tracks a mute of a kind reaches.
-MUTE_TRACK_TYPES = {"audio": models.TrackType.AUDIO, "video": models.TrackType.VIDEO}
+# What a mute of a kind takes away from a participant's permission to publish.
+MUTED_SOURCES = {
+    "audio": {models.TrackSource.MICROPHONE, models.TrackSource.SCREEN_SHARE_AUDIO},
+    "video": {models.TrackSource.CAMERA, models.TrackSource.SCREEN_SHARE},
+}
 
 SignalKind = Literal["joined", "left", "room_finished"]
 
@@ -83,6 +86,19 @@ def _signal(event: WebhookEvent) -> MediaSignal | None:
         identity=event.participant.identity,
         session_started=datetime.fromtimestamp(started_ms / 1000, UTC) if started_ms else None,
     )
+
+
+def remaining_sources(permission: models.ParticipantPermission) -> list[models.TrackSource]:
+    """The sources a participant may publish now (LiveKit: no sources listed with
+    can_publish means all of them)."""
+    if not permission.can_publish:
+        return []
+    return list(permission.can_publish_sources) or [
+        models.TrackSource.MICROPHONE,
+        models.TrackSource.CAMERA,
+        models.TrackSource.SCREEN_SHARE,
+        models.TrackSource.SCREEN_SHARE_AUDIO,
+    ]
 
 
 class Media:
@@ -144,36 +160,45 @@ class Media:
             return None
         return {room.name: room.num_participants for room in reply.rooms}
 
-    async def mute(self, livekit_room: str, user_id: str, kind: str) -> int:
-        """Mutes the user's published tracks of a kind; how many. Raises UNAVAILABLE when
-        LiveKit cannot be reached."""
+    async def mute(self, livekit_room: str, user_id: str, kind: str) -> None:
+        """Takes away the user's permission to publish a kind of track: LiveKit removes
+        the tracks published and refuses new ones, so the client cannot undo it (a
+        MutePublishedTrack was a mute the client could lift). It lasts for the media
+        session; a later connection has its token's grants. Raises UNAVAILABLE when LiveKit
+        cannot be reached."""
         client = self._client().room
+        identity = api.RoomParticipantIdentity(room=livekit_room, identity=user_id)
         try:
             info = await asyncio.wait_for(
-                client.get_participant(
-                    api.RoomParticipantIdentity(room=livekit_room, identity=user_id)
+                client.get_participant(identity), self.settings.LIVEKIT_API_TIMEOUT_SECONDS
+            )
+            permission = models.ParticipantPermission()
+            permission.CopyFrom(info.permission)
+            allowed = [
+                source
+                for source in remaining_sources(permission)
+                if source not in MUTED_SOURCES[kind]
+            ]
+            del permission.can_publish_sources[:]
+            permission.can_publish_sources.extend(allowed)
+            # An empty list means every source to LiveKit: nothing left means no publishing.
+            permission.can_publish = bool(allowed)
+            await asyncio.wait_for(
+                client.update_participant(
+                    api.UpdateParticipantRequest(
+                        room=livekit_room, identity=user_id, permission=permission
+                    )
                 ),
                 self.settings.LIVEKIT_API_TIMEOUT_SECONDS,
             )
-            tracks = [t.sid for t in info.tracks if t.type == MUTE_TRACK_TYPES[kind]]
-            for sid in tracks:
-                await asyncio.wait_for(
-                    client.mute_published_track(
-                        api.MuteRoomTrackRequest(
-                            room=livekit_room, identity=user_id, track_sid=sid, muted=True
-                        )
-                    ),
-                    self.settings.LIVEKIT_API_TIMEOUT_SECONDS,
-                )
         except api.TwirpError as err:
             if err.code == "not_found":  # not connected to the media now: nothing to mute
-                return 0
+                return
             log.warning("livekit mute failed", extra=log_fields(code=err.code))
             raise UNAVAILABLE from None
         except (TimeoutError, aiohttp.ClientError, OSError) as err:
             log.warning("livekit unreachable", extra=log_fields(error=type(err).__name__))
             raise UNAVAILABLE from None
-        return len(tracks)
 
     async def _call(self, what: str, request: Awaitable[object]) -> bool:
         """A best-effort RoomService call: True when done (or nothing was there to act
@@ -195,10 +220,30 @@ class Media:
         request = api.DeleteRoomRequest(room=livekit_room)
         return await self._call("delete_room", self._client().room.delete_room(request))
 
-    async def remove_participant(self, livekit_room: str, user_id: str) -> None:
-        """Best effort: the participant's token is still scoped to this call only."""
+    async def remove_participant(self, livekit_room: str, user_id: str) -> bool:
+        """True when the participant is out of the room (removed now, or not there)."""
         request = api.RoomParticipantIdentity(room=livekit_room, identity=user_id)
-        await self._call("remove_participant", self._client().room.remove_participant(request))
+        return await self._call(
+            "remove_participant", self._client().room.remove_participant(request)
+        )
+
+    async def present(self, livekit_room: str) -> list[str] | None:
+        """The identities in a media room now; None when LiveKit cannot say."""
+        request = api.ListParticipantsRequest(room=livekit_room)
+        try:
+            reply = await asyncio.wait_for(
+                self._client().room.list_participants(request),
+                self.settings.LIVEKIT_API_TIMEOUT_SECONDS,
+            )
+        except api.TwirpError as err:
+            if err.code == "not_found":
+                return []
+            log.warning("livekit list_participants failed", extra=log_fields(code=err.code))
+            return None
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            log.warning("livekit unreachable", extra=log_fields(error=type(err).__name__))
+            return None
+        return [p.identity for p in reply.participants]
 
     async def close(self) -> None:
         if self._api is not None:

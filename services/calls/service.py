@@ -109,10 +109,14 @@ class CallService(pb_grpc.CallServiceServicer):
     async def _by_caller(self, request: Any, rule: CallerRule) -> tuple[Applied, str]:
         """A transition of the call the request names by the app user who asks."""
         ref, user = _caller(request)
-        applied = await self.calls.on_call(
-            ref, user, lambda call, policy, now: rule(call, user, policy, now)
-        )
-        return applied, user
+        by_ring_token = current_principal().kind is Kind.RING
+
+        def apply(call: Call, policy: CallPolicy, now: datetime) -> Change:
+            if by_ring_token:  # checked in the transaction, against the call's state
+                domain.require_ringing(call, user, now)
+            return rule(call, user, policy, now)
+
+        return await self.calls.on_call(ref, user, apply), user
 
     async def GetActiveCall(
         self, request: pb.GetActiveCallRequest, context: Any
@@ -144,9 +148,9 @@ class CallService(pb_grpc.CallServiceServicer):
     async def EndCall(self, request: pb.EndCallRequest, context: Any) -> pb.EndCallResponse:
         ref, actor = _moderation(request)
         user = actor.user_id
-        if user is None:
+        if user is None:  # the tenant ends a call even while its calls are disabled
             applied = await self.calls.on_call(
-                ref, None, lambda call, _, now: domain.end_by_host(call, now)
+                ref, None, lambda call, _, now: domain.end_by_host(call, now), enabled=False
             )
         else:
             reason = domain.end_reason(request.reason if request.HasField("reason") else None)

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from services.calls import domain, metrics, store
 from services.calls.domain import Call, Change
-from services.calls.media import Media
+from services.calls.media import Media, MediaSignal
 from services.calls.transitions import CallTransitions
 from services.common.logging import log_fields
 
@@ -27,6 +27,8 @@ RECONCILE_LOCK = 727276
 # DeleteRoom requests one reconciliation pass sends at most (at once): after an outage
 # of our webhook intake there may be thousands, and LiveKit serves calls meanwhile.
 STALE_ROOMS_PER_PASS = 50
+# Media rooms whose participants one pass lists (ListParticipants) to compare identities.
+IDENTITY_ROOMS_PER_PASS = 50
 
 
 Rule = Callable[[Call, datetime], Change]
@@ -77,9 +79,10 @@ async def end_silent_calls(calls: CallTransitions, limit: int = 50) -> int:
 async def reconcile_media(calls: CallTransitions, media: Media, limit: int = 1000) -> None:
     """Checks active calls against LiveKit's rooms, because webhooks get lost: an empty
     (or missing) media room starts the no-media clock, an occupied one stops it (and
-    marks the room for deletion at the call's end); a room of ours that no live call
-    has (its call ended, its join webhook lost) is deleted. One process at a time;
-    nothing changes while LiveKit cannot answer."""
+    marks the room for deletion at the call's end); someone in a room who is not joined
+    in its call is taken out (`check_identities`); a room of ours that no live call has
+    (its call ended, its join webhook lost) is deleted. One process at a time; nothing
+    changes while LiveKit cannot answer."""
     async with calls.transaction() as conn:
         for status, n in (await store.live_counts(conn)).items():
             metrics.LIVE.labels(status).set(n)
@@ -101,6 +104,28 @@ async def reconcile_media(calls: CallTransitions, media: Media, limit: int = 100
     if stale:
         await asyncio.gather(*(media.delete_room(name, "stale") for name in stale))
         log.info("stale media rooms removed", extra=log_fields(count=len(stale)))
+    await check_identities(calls, media, active, occupied)
+
+
+async def check_identities(
+    calls: CallTransitions, media: Media, active: list[Call], occupied: dict[str, int]
+) -> None:
+    """Who is in each media room, against who is joined in its call, for the rooms where
+    that can differ: a participant who was given a token and is no longer joined, or more
+    people in the room than joined. Each identity found that is not joined is decided
+    again under the call's lock, as LiveKit's join webhook would be (it may have joined
+    meanwhile), and taken out after commit. At most IDENTITY_ROOMS_PER_PASS rooms a pass,
+    listed at once."""
+    suspect = [
+        call
+        for call in active
+        if occupied.get(call.livekit_room, 0) > 0
+        and (domain.may_return(call) or occupied[call.livekit_room] > len(call.joined()))
+    ][:IDENTITY_ROOMS_PER_PASS]
+    present = await asyncio.gather(*(media.present(call.livekit_room) for call in suspect))
+    for call, identities in zip(suspect, present, strict=True):
+        for identity in domain.media_intruders(call, identities or ()):
+            await calls.media_signal(MediaSignal(call.livekit_room, "joined", identity))
 
 
 async def every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:

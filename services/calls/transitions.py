@@ -78,9 +78,11 @@ class CallTransitions:
             expires_at=int(until.timestamp()),
         )
 
-    def policy(self, loaded: CallPolicy | None) -> CallPolicy:
-        """The tenant's policy (calls enabled) with this service's media grace."""
-        return replace(domain.require_enabled(loaded), media_grace=self.media_grace)
+    def policy(self, loaded: CallPolicy | None, *, enabled: bool = True) -> CallPolicy:
+        """The tenant's policy (calls enabled, unless `enabled` is False) with this
+        service's media grace."""
+        policy = domain.require_enabled(loaded) if enabled else domain.require_tenant(loaded)
+        return replace(policy, media_grace=self.media_grace)
 
     def _finish(self, before: Call | None, change: Change, applied: Applied) -> Applied:
         self.effects.after_commit(before, change)
@@ -205,15 +207,16 @@ class CallTransitions:
 
     @asynccontextmanager
     async def _locked(
-        self, ref: CallRef, user: str | None
+        self, ref: CallRef, user: str | None, *, enabled: bool = True
     ) -> AsyncIterator[tuple[AsyncConnection[Any], Call, CallPolicy, datetime]]:
         """A transaction holding one live call's row lock, opened for a room member (None:
-        the tenant): the connection, the call, the tenant's policy and the time."""
+        the tenant; `enabled` False: even while the tenant's calls are disabled): the
+        connection, the call, the tenant's policy and the time."""
         async with self.transaction() as conn:
             loaded = await store.load(
                 conn, tenant=ref.tenant, room=ref.room, call=ref.call, user=user or "", lock=True
             )
-            policy = self.policy(loaded.policy)
+            policy = self.policy(loaded.policy, enabled=enabled)
             domain.require_member(loaded.room_exists, loaded.is_member or user is None)
             before = domain.require_live(loaded.call)
             call_id_var.set(before.id)
@@ -226,10 +229,13 @@ class CallTransitions:
         assert applied is not None  # an existing call's write always lands
         return applied
 
-    async def on_call(self, ref: CallRef, user: str | None, rule: Rule) -> Applied:
+    async def on_call(
+        self, ref: CallRef, user: str | None, rule: Rule, *, enabled: bool = True
+    ) -> Applied:
         """A transition of one live call by one room member (None: by the tenant):
-        accept, decline, end, leave, remove."""
-        async with self._locked(ref, user) as (conn, before, policy, now):
+        accept, decline, end, leave, remove. `enabled` False: allowed while the tenant's
+        calls are disabled (the tenant ending a call)."""
+        async with self._locked(ref, user, enabled=enabled) as (conn, before, policy, now):
             change = rule(before, policy, now)
             applied = await self._changed(conn, before, change, now)
         return self._finish(before, change, applied)

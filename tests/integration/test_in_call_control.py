@@ -120,6 +120,48 @@ def test_who_may_moderate(tenant: Tenant, users: Users) -> None:
     }
 
 
+def test_a_creator_removed_or_gone_has_no_powers_over_the_call(
+    tenant: Tenant, users: Users
+) -> None:
+    """The creator's powers last while they are in the call: removed by the tenant, alice
+    can neither end it for all nor remove or mute anyone; after leaving, she must join
+    again first. Nothing changes for the others meanwhile."""
+    room, call = group(tenant, users, "bob", "carol")
+    with tenant.api() as key:
+        ok(moderate(key, room, call, "alice", "remove"))
+    alice = users("alice")
+    for reply in (
+        alice.post(calls_path(room, call, "end"), json={}),
+        moderate(alice, room, call, "bob", "remove"),
+        moderate(alice, room, call, "bob", "mute", kind="audio"),
+    ):
+        refused(reply, 403, "REMOVED_FROM_CALL")
+    assert states(active(users("bob"), room)["call"])["bob"] == "joined"
+
+    room2, call2 = group(tenant, users, "bob", "carol")
+    act(users("alice"), room2, call2, "leave")
+    for reply in (
+        alice.post(calls_path(room2, call2, "end"), json={}),
+        moderate(alice, room2, call2, "bob", "remove"),
+    ):
+        refused(reply, 409, "NOT_IN_CALL")
+    act(users("alice"), room2, call2, "accept")  # back in: her powers with her
+    ended = ok(alice.post(calls_path(room2, call2, "end"), json={}))["call"]
+    assert (ended["status"], ended["endReason"]) == ("ended", "hangup")
+
+
+def test_the_tenant_ends_a_call_while_its_calls_are_disabled(tenant: Tenant, users: Users) -> None:
+    """Disabling calls refuses what app users do, not the tenant's own end: a switch-off
+    never strands a live call."""
+    room, call = group(tenant, users, "bob")
+    tenant.patch_settings(enabled=False)
+    refused(users("alice").post(calls_path(room, call, "end"), json={}), 403, "CALLS_DISABLED")
+    with tenant.api() as key:
+        ended = ok(key.post(calls_path(room, call, "end"), json={}))["call"]
+        refused(moderate(key, room, call, "bob", "remove"), 403, "CALLS_DISABLED")
+    assert (ended["status"], ended["endReason"]) == ("ended", "ended_by_host")
+
+
 def test_another_tenants_key_finds_no_call(tenant: Tenant, new_tenant: Any, users: Users) -> None:
     room, call = group(tenant, users, "bob")
     other = new_tenant()

@@ -6,6 +6,7 @@ RoomService reconciliation when LiveKit's webhooks are lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -73,19 +74,75 @@ async def test_a_removed_participant_is_disconnected_and_cannot_rejoin(
     assert ma.connected()  # the call goes on for the others
 
 
-async def test_a_mute_mutes_the_track_the_others_receive(
+async def connected_for(m: Media, seconds: float) -> bool:
+    """Whether an rtc client is still connected after `seconds` (False once kicked)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(m.disconnected.wait(), seconds)
+    return m.connected()
+
+
+async def test_a_removed_participant_coming_back_with_the_token_they_hold_is_kicked(
     tenant: Tenant, media: Callable[[str], Media]
 ) -> None:
+    """Media access follows the call: the token bob was given (600 s, refreshed by LiveKit
+    while connected) still lets him into the media room after his removal, and LiveKit's
+    join webhook takes him out again at once, whatever the attempt."""
+    room = tenant.room("alice", "bob", "carol")
+    alice, bob = tenant.user("alice"), tenant.user("bob")
+    started = start(alice, room, type="audio")
+    call = started["call"]["id"]
+    held = act(bob, room, call, "accept")["livekit"]
+    ma = await media("alice").connect(started["livekit"])
+    await (await media("bob").connect(held)).room.disconnect()
+    with tenant.api() as key:
+        assert (
+            key.post(f"/chat/rooms/{room}/calls/{call}/participants/bob/remove").status_code == 200
+        )
+    for attempt in range(2):
+        again = await media(f"bob-{attempt}").connect(held)
+        await again.wait_disconnected()
+        await eventually(lambda: "bob" not in ma.sees(), "bob to be gone from alice's view")
+    assert ma.connected() and active(alice, room)["call"]["status"] == "active"
+    assert {p["userId"]: p["state"] for p in active(alice, room)["call"]["participants"]}[
+        "bob"
+    ] == "removed"
+
+
+async def test_a_participant_who_left_cannot_come_back_past_the_cap(
+    tenant: Tenant, media: Callable[[str], Media]
+) -> None:
+    """Bob left, the call filled up to maxParticipants without him; his old token must not
+    make him the cap's plus one."""
+    tenant.patch_settings(maxParticipants=2)
+    room = tenant.room("alice", "bob", "carol")
+    alice, bob, carol = tenant.user("alice"), tenant.user("bob"), tenant.user("carol")
+    started = start(alice, room, type="audio")
+    call = started["call"]["id"]
+    held = act(bob, room, call, "accept")["livekit"]
+    act(bob, room, call, "leave")
+    act(carol, room, call, "accept")  # two joined: the cap
+    back = await media("bob").connect(held)
+    await back.wait_disconnected()
+    assert not await connected_for(back, 1)
+
+
+async def test_a_mute_takes_the_track_away_and_the_client_cannot_undo_it(
+    tenant: Tenant, media: Callable[[str], Media]
+) -> None:
+    """A moderator's mute is a permission LiveKit enforces: the muted track is gone from
+    what the others receive, and the client cannot publish its microphone again."""
     room, call, *_, ma, mb = await direct_call(tenant, media)
     await publish_tone(ma)
-    heard = await eventually(lambda: remote_audio(mb, "alice"), "bob to see alice's microphone")
-    assert not heard.muted
+    await eventually(lambda: remote_audio(mb, "alice"), "bob to see alice's microphone")
     with tenant.api() as key:
         reply = key.post(
             f"/chat/rooms/{room}/calls/{call}/participants/alice/mute", json={"kind": "audio"}
         )
     assert reply.status_code == 200, reply.text
-    await eventually(lambda: heard.muted, "bob to see alice's microphone muted")
+    await eventually(lambda: remote_audio(mb, "alice") is None, "alice's microphone to be gone")
+    with pytest.raises(Exception):  # noqa: B017  (the SDK's publish error has no public type)
+        await asyncio.wait_for(publish_tone(ma), WAIT)
+    assert remote_audio(mb, "alice") is None and ma.connected()
 
 
 async def test_an_audio_call_token_cannot_publish_a_camera(
@@ -167,3 +224,22 @@ async def test_a_call_nobody_ever_joins_ends_as_no_media(deaf_stack: Stack) -> N
     await eventually(lambda: active(alice, room) == {}, "the call to end", within=30)
     [record] = history(alice, room, call)
     assert record["endReason"] == "no_media"
+
+
+async def test_with_webhooks_lost_reconciliation_kicks_whoever_is_not_in_the_call(
+    deaf_stack: Stack, media: Callable[[str], Media]
+) -> None:
+    """Reconciliation compares who is in the media room with who is in the call, by
+    identity: a removed participant back with a held token is taken out even when no
+    webhook ever says he came."""
+    tenant = create_tenant(deaf_stack, "deaf")
+    room = tenant.room("alice", "bob", "carol")
+    alice, bob = tenant.user("alice"), tenant.user("bob")
+    started = start(alice, room, type="audio")
+    call = started["call"]["id"]
+    held = act(bob, room, call, "accept")["livekit"]
+    ma = await media("alice").connect(started["livekit"])
+    act(alice, room, call, "participants/bob/remove")
+    back = await media("bob").connect(held)
+    await back.wait_disconnected()
+    assert ma.connected()

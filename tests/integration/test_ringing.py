@@ -172,6 +172,33 @@ async def test_a_ring_token_declines_and_dies_with_the_ring(
     assert (stop["reason"], stop["userIds"]) == ("timeout", ["bob"])
 
 
+async def test_a_ring_token_is_worth_nothing_once_the_ring_stopped(
+    tenant: Tenant, hook_receiver: StartReceiver
+) -> None:
+    """Answered on another device, bob's ring stopped: the ring token that went through a
+    push service must not answer (or reach the media) again, though it has not expired."""
+    rec = await hook_receiver()
+    await put_webhook(tenant, rec.url)
+    alice, bob = tenant.user("alice"), tenant.user("bob")
+    room = tenant.room("alice", "bob")
+    call = (await ok(alice, f"/chat/rooms/{room}/calls"))["call"]
+    token = (await invite_hit(rec, call["id"]))["ring"]["tokens"]["bob"]
+    base = f"/chat/rooms/{room}/calls/{call['id']}"
+    await ok(bob, f"{base}/accept")  # bob's other device, with his session
+    with client(tenant, token) as bob_ring:
+        for action in ("accept", "decline"):
+            reply = await post(bob_ring, f"{base}/{action}")
+            assert (reply.status_code, error_reason(reply)) == (401, "UNAUTHENTICATED"), reply.text
+    group = tenant.room("alice", "bob", "carol")
+    call = (await ok(alice, f"/chat/rooms/{group}/calls"))["call"]
+    token = (await invite_hit(rec, call["id"]))["ring"]["tokens"]["carol"]
+    base = f"/chat/rooms/{group}/calls/{call['id']}"
+    await ok(tenant.user("carol"), f"{base}/decline")  # a group ring stops for carol alone
+    with client(tenant, token) as carol_ring:
+        reply = await post(carol_ring, f"{base}/accept")
+    assert reply.status_code == 401, reply.text
+
+
 # --- busy -------------------------------------------------------------------------------------
 
 
@@ -381,6 +408,26 @@ async def test_ring_again_rings_members_who_are_not_in_the_call(
     with client(tenant, again["ring"]["tokens"]["bob"]) as ring:
         joined = await ok(ring, f"{base}/accept")
     assert {p["userId"]: p["state"] for p in joined["call"]["participants"]}["bob"] == "joined"
+
+
+async def test_ringing_again_a_member_who_is_still_ringing_rings_nothing_new(
+    tenant: Tenant, hook_receiver: StartReceiver, connect: Connect
+) -> None:
+    rec = await hook_receiver()
+    await put_webhook(tenant, rec.url, ["call.invite"])
+    room = tenant.room("alice", "bob", "carol")
+    alice = tenant.user("alice")
+    carol_device = await connect(tenant, "carol")
+    call = (await ok(alice, f"/chat/rooms/{room}/calls"))["call"]
+    base = f"/chat/rooms/{room}/calls/{call['id']}"
+    await ok(tenant.user("bob"), f"{base}/decline")
+    await invite_hit(rec, call["id"])
+    rung = await ok(alice, f"{base}/ring", userIds=["carol", "bob"])  # carol rings already
+    assert {p["userId"]: p["state"] for p in rung["call"]["participants"]}["bob"] == "invited"
+    again = await invite_hit(rec, call["id"], nth=2)
+    assert set(again["ring"]["tokens"]) == {"bob"}  # carol keeps the ring she has
+    await asyncio.sleep(1)
+    assert len(carol_device.of("call.invite", call["id"])) == 1
 
 
 async def test_a_direct_call_cannot_be_rung_again(tenant: Tenant) -> None:

@@ -90,9 +90,47 @@ def test_a_join_marks_the_room_and_stops_the_no_media_clock() -> None:
     assert not change.delete_room and change.events == []
 
 
-def test_a_join_of_a_stranger_still_marks_the_room() -> None:
+def test_a_join_of_a_stranger_marks_the_room_and_takes_the_stranger_out() -> None:
     change = domain.media_joined(answered(), "mallory")
     assert change.call.media_used and change.call.media_deadline is not None
+    assert change.kicked == ["mallory"] and change.events == []
+
+
+def group_with_bob_gone(how: str) -> Call:
+    call = domain.new_call(
+        call_id="call_g",
+        tenant_id="t",
+        room_id="r",
+        members=["alice", "bob", "carol"],
+        user_id="alice",
+        call_type="audio",
+        policy=POLICY,
+        now=later(0),
+    ).call
+    call = domain.accept(call, "bob", POLICY, later(1)).call
+    if how == "removed":
+        return domain.remove(call, Actor(None), "bob", later(2)).call
+    return domain.leave(call, "bob", later(2)).call
+
+
+@pytest.mark.parametrize("how", ["removed", "left"])
+def test_a_participant_no_longer_joined_is_taken_out_of_the_media_and_changes_nothing(
+    how: str,
+) -> None:
+    call = group_with_bob_gone(how)
+    change = domain.media_joined(call, "bob")
+    assert change.kicked == ["bob"] and change.events == []
+    assert change.call.participants == call.participants
+    assert change.call.media_deadline == call.media_deadline  # bob's presence is no one's
+
+
+@pytest.mark.parametrize("how", ["removed", "left"])
+def test_reconciliation_suspects_a_room_only_where_someone_could_come_back(how: str) -> None:
+    assert not domain.may_return(answered())
+    gone = group_with_bob_gone(how)
+    assert domain.may_return(gone)
+    assert domain.media_intruders(gone, ["alice", "bob", "mallory"]) == ["bob", "mallory"]
+    assert domain.media_intruders(gone, ["alice"]) == []
 
 
 @pytest.mark.parametrize("user", ["bob", "mallory"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import grpc
 import pytest
 
 from services.calls import domain
@@ -170,6 +171,16 @@ def test_ring_again_rings_declined_missed_and_departed_members_afresh() -> None:
     ]
 
 
+def test_ring_again_leaves_a_ring_going_on_as_it_is() -> None:
+    call = rung_group()
+    members = {"alice", "bob", "carol", "dave", "erin"}
+    first = domain.ring_again(call, "alice", ["bob"], members, later(60)).call
+    again = domain.ring_again(first, "alice", ["bob", "dave"], members, later(70))
+    assert again.events == [Event(events.INVITE, "alice", ("dave",), ring_until=later(115))]
+    assert again.call.participant("bob") == first.participant("bob")  # the same ring, no new one
+    assert domain.ring_again(first, "alice", ["bob"], members, later(70)).events == []
+
+
 def test_ring_again_refusals_ring_nobody() -> None:
     call = rung_group()
     members = {"alice", "bob", "carol", "dave", "erin"}
@@ -184,3 +195,32 @@ def test_ring_again_refusals_ring_nobody() -> None:
     removed = domain.remove(call, Actor(None), "erin", later(50)).call
     with refused("REMOVED_FROM_CALL", FORBIDDEN):
         domain.ring_again(removed, "alice", ["erin"], members, later(51))
+
+
+# --- ring tokens -------------------------------------------------------------------------
+
+
+def test_a_ring_token_answers_only_while_its_ring_is_live() -> None:
+    call = direct()
+    domain.require_ringing(call, "bob", later(44))  # ringing: fine
+    answered = domain.accept(call, "bob", POLICY, later(5)).call
+    declined = domain.decline(call, "bob", later(5)).call
+    for stopped, when in ((answered, later(6)), (declined, later(6)), (call, later(45))):
+        with refused("UNAUTHENTICATED", grpc.StatusCode.UNAUTHENTICATED):
+            domain.require_ringing(stopped, "bob", when)
+    with refused("UNAUTHENTICATED", grpc.StatusCode.UNAUTHENTICATED):
+        domain.require_ringing(call, "alice", later(1))  # the caller has no ring
+
+
+def test_a_group_creator_moderates_only_while_joined() -> None:
+    call = domain.accept(group("dave"), "bob", POLICY, later(1)).call
+    domain.require_moderator(call, Actor("alice"))
+    removed = domain.remove(call, Actor(None), "alice", later(2)).call
+    with refused("REMOVED_FROM_CALL", FORBIDDEN):
+        domain.require_moderator(removed, Actor("alice"))
+    with refused("REMOVED_FROM_CALL", FORBIDDEN):
+        domain.end(removed, "alice", None, later(3))
+    gone = domain.leave(call, "alice", later(2)).call
+    with refused("NOT_IN_CALL", CONFLICT):
+        domain.remove(gone, Actor("alice"), "bob", later(3))
+    domain.require_moderator(gone, Actor(None))  # the tenant: always
