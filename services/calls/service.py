@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -26,7 +26,7 @@ from services.calls.effects import CallEffects
 from services.calls.media import Media
 from services.calls.transitions import Applied, CallTransitions
 from services.common import validation
-from services.common.auth import Kind, Policy, RingTokens, current_principal
+from services.common.auth import Kind, Policy, current_principal
 from services.common.db import open_pool
 from services.common.errors import unauthenticated
 from services.common.server import Registration, ServiceParts
@@ -217,12 +217,7 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     media = Media(settings)
     pool = await open_pool(settings, settings.DB_POOL_SIZE, min_size=2)
     effects = CallEffects(media, pool)
-    calls = CallTransitions(
-        pool,
-        effects,
-        RingTokens(settings.SESSION_SIGNING_KEY),
-        timedelta(seconds=settings.CALL_MEDIA_GRACE_SECONDS),
-    )
+    calls = CallTransitions.for_settings(pool, effects, settings)
     relay = relay_jobs(settings)  # the outbox relay runs in every calls replica
     servicer = CallService(calls, media, settings)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from prometheus_client import Histogram
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from sendsar.calls.v1 import calls_pb2 as pb
@@ -25,6 +26,14 @@ from services.common.auth import RingTokens
 from services.common.errors import UNAVAILABLE
 from services.common.logging import call_id_var
 from services.common.models import new_id
+from services.common.rate_limit import TokenBuckets, rate_limited
+from services.common.settings import Settings
+
+EVENT_BYTES = Histogram(
+    "call_event_bytes",
+    "Bytes of events (outbox payloads) one call transition writes",
+    buckets=(1024, 4096, 16384, 65536, 262144, 1048576),
+)
 
 # A transition's rule: the locked call, the tenant's policy and the database's time in,
 # the change out (or a refusal raised).
@@ -45,12 +54,29 @@ class CallTransitions:
         pool: AsyncConnectionPool[AsyncConnection[Any]],
         effects: CallEffects,
         ring_tokens: RingTokens,
+        event_bytes: TokenBuckets,
         media_grace: timedelta = timedelta(seconds=60),
     ) -> None:
         self.pool = pool
         self.effects = effects
         self.ring_tokens = ring_tokens
+        self.event_bytes = event_bytes  # per tenant (services/common/rate_limit.py)
         self.media_grace = media_grace
+
+    @classmethod
+    def for_settings(
+        cls,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        effects: CallEffects,
+        settings: Settings,
+    ) -> CallTransitions:
+        return cls(
+            pool,
+            effects,
+            RingTokens(settings.SESSION_SIGNING_KEY),
+            TokenBuckets(settings.EVENT_BYTES_PER_SECOND, settings.EVENT_BYTES_BURST),
+            timedelta(seconds=settings.CALL_MEDIA_GRACE_SECONDS),
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
@@ -65,9 +91,23 @@ class CallTransitions:
         """Writes a change (of `before`; None: a new call) in the caller's transaction.
         None only for a new call whose room's live-call slot was taken first."""
         rendered = writes.render(before, change, now, self.sign_ring)
-        if rendered.write is not None and not await store.write(conn, rendered.write):
+        if rendered.write is None:
+            return Applied(change.call, rendered.message)
+        self._spend(change.call.tenant_id, rendered.write, refusable=before is None)
+        if not await store.write(conn, rendered.write):
             return None
         return Applied(change.call, rendered.message)
+
+    def _spend(self, tenant: str, write: store.Write, *, refusable: bool) -> None:
+        """Counts a write's event bytes against the tenant's budget: a new call over it
+        is refused (429, scope "events", nothing written); anything else counts but is
+        done, so a tenant's calls can always end and be answered."""
+        size = sum(len(row.payload) for row in write.outbox)
+        EVENT_BYTES.observe(size)
+        if not refusable:
+            self.event_bytes.charge(tenant, size)
+        elif not self.event_bytes.take(tenant, size):
+            raise rate_limited("events")
 
     def sign_ring(self, call: Call, user_id: str, until: datetime) -> str:
         """The ring token of an invited user: it expires with the ring."""

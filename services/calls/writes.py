@@ -74,10 +74,10 @@ def outbox_rows(
 ) -> list[store.OutboxRow]:
     """Each event as outbox rows; large audiences in parts.
 
-    The parts of one event share its event id (webhooks de-duplicate on it, so a
-    tenant gets one delivery); each part has its own row id, the NATS message id. What
-    the webhook needs whole (an invite's ring tokens, whose ring stopped) is in every
-    part: a room has at most 1,000 members, so that stays far below NATS's limit.
+    The parts of one event share its event id; each part has its own row id, the NATS
+    message id. The first part alone carries an invite's ring tokens (one per
+    recipient, once) and is the one the webhook intake makes the tenant's delivery of;
+    the others say which part they are (`part`). Whose ring stopped is in every part.
     """
     rows: list[store.OutboxRow] = []
     for e in events:
@@ -99,6 +99,10 @@ def outbox_rows(
             for i in range(0, len(recipients), RECIPIENTS_PER_MESSAGE)
         ] or [[]]
         for part, chunk in enumerate(chunks):
+            if part == 1:
+                event.ClearField("ring")
+            if part:
+                event.part = part
             del event.recipient_user_ids[:]
             event.recipient_user_ids.extend(chunk)
             rows.append(

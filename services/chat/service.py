@@ -20,7 +20,7 @@ from services.calls.media import Media
 from services.calls.transitions import CallTransitions
 from services.chat import repo
 from services.common import validation
-from services.common.auth import Kind, Policy, RingTokens, current_principal
+from services.common.auth import Kind, Policy, current_principal
 from services.common.db import open_pool, transaction
 from services.common.errors import conflict, invalid, not_found
 from services.common.rooms import require_member, room_members
@@ -218,9 +218,7 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     media = Media(settings)
     pool = await open_pool(settings, max_size=2)
     effects = CallEffects(media, pool)
-    servicer = ChatService(
-        engine, CallTransitions(pool, effects, RingTokens(settings.SESSION_SIGNING_KEY))
-    )
+    servicer = ChatService(engine, CallTransitions.for_settings(pool, effects, settings))
 
     def add(server: grpc.aio.Server) -> None:
         pb_grpc.add_ChatServiceServicer_to_server(servicer, server)

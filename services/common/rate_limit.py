@@ -22,7 +22,8 @@ MAX_KEYS = 50_000
 
 
 class TokenBuckets:
-    """One token bucket per key: `rate` tokens a second, at most `burst` saved up."""
+    """One token bucket per key: `rate` tokens a second, at most `burst` saved up. A
+    request costs one token, or `cost` (bytes, say)."""
 
     def __init__(
         self,
@@ -36,19 +37,28 @@ class TokenBuckets:
         # key -> (tokens, when counted); dict order is least recently used first.
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def take(self, key: str) -> bool:
-        now = self.clock()
+    def take(self, key: str, cost: float = 1.0) -> bool:
+        """Spends `cost` if the bucket holds it; False (nothing spent) otherwise."""
+        tokens = self._tokens(key)
+        allowed = tokens >= cost
+        self._keep(key, tokens - cost if allowed else tokens)
+        return allowed
+
+    def charge(self, key: str, cost: float) -> None:
+        """Spends `cost` whatever the bucket holds (it may go below zero): for what must
+        happen anyway, so that it still counts against what may be refused."""
+        self._keep(key, self._tokens(key) - cost)
+
+    def _tokens(self, key: str) -> float:
         saved = self._buckets.pop(key, None)
-        tokens = (
-            self.burst
-            if saved is None
-            else min(self.burst, saved[0] + (now - saved[1]) * self.rate)
-        )
-        allowed = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        if saved is None:
+            return self.burst
+        return min(self.burst, saved[0] + (self.clock() - saved[1]) * self.rate)
+
+    def _keep(self, key: str, tokens: float) -> None:
+        self._buckets[key] = (tokens, self.clock())
         if len(self._buckets) > self.max_keys:
             del self._buckets[next(iter(self._buckets))]
-        return allowed
 
     def __len__(self) -> int:
         return len(self._buckets)

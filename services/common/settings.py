@@ -193,6 +193,11 @@ class Settings(BaseSettings):
     RATE_LIMIT_CREDENTIAL_BURST: int = Field(default=200, ge=1)
     RATE_LIMIT_LIVEKIT_PER_SECOND: float = Field(default=200.0, gt=0)
     RATE_LIMIT_LIVEKIT_BURST: int = Field(default=400, ge=1)
+    # Bytes of events (outbox payloads) a tenant may write, per replica: every transition
+    # counts, a start over the budget gets 429 (scope "events"). The burst must hold the
+    # largest start (a 1,000-member group's: about 0.5 MiB).
+    EVENT_BYTES_PER_SECOND: float = Field(default=1024 * 1024, gt=0)
+    EVENT_BYTES_BURST: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
 
     @model_validator(mode="before")
     @classmethod

@@ -20,7 +20,6 @@ from services.calls.domain import CallRef, RoomRef
 from services.calls.effects import CallEffects
 from services.calls.media import Media
 from services.calls.transitions import CallTransitions
-from services.common.auth import RingTokens
 from services.common.db import connect_params
 from services.common.errors import ServiceError
 from services.common.settings import load_settings
@@ -50,7 +49,7 @@ async def calls(stack: Stack) -> AsyncIterator[CallTransitions]:
     await pool.open(wait=True)
     media = Media(settings)
     effects = CallEffects(media, pool)
-    transitions = CallTransitions(pool, effects, RingTokens(settings.SESSION_SIGNING_KEY))
+    transitions = CallTransitions.for_settings(pool, effects, settings)
     try:
         yield transitions
     finally:

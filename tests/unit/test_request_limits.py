@@ -40,6 +40,19 @@ def test_buckets_are_independent_per_key() -> None:
     assert buckets.take("other") is True
 
 
+def test_a_byte_budget_counts_what_must_happen_against_what_may_be_refused() -> None:
+    clock = Clock()
+    budget = TokenBuckets(rate=100, burst=1000, clock=clock)
+    assert budget.take("t", 600) is True
+    assert budget.take("t", 600) is False  # refused: nothing spent
+    budget.charge("t", 600)  # done anyway (an end, an answer): now in debt
+    assert budget.take("t", 1) is False
+    clock.now = 2.0  # -200 + 200
+    assert budget.take("t", 1) is False
+    clock.now = 30.0  # refilled to the burst, no further
+    assert budget.take("t", 1000) is True and budget.take("other", 1000) is True
+
+
 def test_memory_is_bounded_by_dropping_the_least_recently_used() -> None:
     buckets = TokenBuckets(rate=1, burst=1, max_keys=3, clock=Clock())
     for key in ("a", "b", "c"):

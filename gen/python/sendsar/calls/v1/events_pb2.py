@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sendsar.calls.v1 import calls_pb2 as sendsar_dot_calls_dot_v1_dot_calls__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsendsar/calls/v1/events.proto\x12\x10sendsar.calls.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1csendsar/calls/v1/calls.proto\"\x94\x02\n\tCallEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12$\n\x04\x63\x61ll\x18\x06 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x1a\n\x12recipient_user_ids\x18\x07 \x03(\t\x12\x13\n\x06reason\x18\x08 \x01(\tH\x00\x88\x01\x01\x12$\n\x04ring\x18\t \x01(\x0b\x32\x16.sendsar.calls.v1.Ring\x12\x10\n\x08user_ids\x18\n \x03(\tB\t\n\x07_reason\"\x99\x01\n\x04Ring\x12.\n\nexpires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x06tokens\x18\x02 \x03(\x0b\x32\".sendsar.calls.v1.Ring.TokensEntry\x1a-\n\x0bTokensEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsendsar/calls/v1/events.proto\x12\x10sendsar.calls.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1csendsar/calls/v1/calls.proto\"\xb0\x02\n\tCallEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12$\n\x04\x63\x61ll\x18\x06 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x1a\n\x12recipient_user_ids\x18\x07 \x03(\t\x12\x13\n\x06reason\x18\x08 \x01(\tH\x00\x88\x01\x01\x12$\n\x04ring\x18\t \x01(\x0b\x32\x16.sendsar.calls.v1.Ring\x12\x10\n\x08user_ids\x18\n \x03(\t\x12\x11\n\x04part\x18\x0b \x01(\x05H\x01\x88\x01\x01\x42\t\n\x07_reasonB\x07\n\x05_part\"\x99\x01\n\x04Ring\x12.\n\nexpires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x06tokens\x18\x02 \x03(\x0b\x32\".sendsar.calls.v1.Ring.TokensEntry\x1a-\n\x0bTokensEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RING_TOKENSENTRY']._loaded_options = None
   _globals['_RING_TOKENSENTRY']._serialized_options = b'8\001'
   _globals['_CALLEVENT']._serialized_start=115
-  _globals['_CALLEVENT']._serialized_end=391
-  _globals['_RING']._serialized_start=394
-  _globals['_RING']._serialized_end=547
-  _globals['_RING_TOKENSENTRY']._serialized_start=502
-  _globals['_RING_TOKENSENTRY']._serialized_end=547
+  _globals['_CALLEVENT']._serialized_end=419
+  _globals['_RING']._serialized_start=422
+  _globals['_RING']._serialized_end=575
+  _globals['_RING_TOKENSENTRY']._serialized_start=530
+  _globals['_RING_TOKENSENTRY']._serialized_end=575
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CallEvent(_message.Message):
-    __slots__ = ("id", "type", "occurred_at", "tenant_id", "user_id", "call", "recipient_user_ids", "reason", "ring", "user_ids")
+    __slots__ = ("id", "type", "occurred_at", "tenant_id", "user_id", "call", "recipient_user_ids", "reason", "ring", "user_ids", "part")
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class CallEvent(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     RING_FIELD_NUMBER: _ClassVar[int]
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -32,7 +33,8 @@ class CallEvent(_message.Message):
     reason: str
     ring: Ring
     user_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., call: _Optional[_Union[_calls_pb2.Call, _Mapping]] = ..., recipient_user_ids: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., ring: _Optional[_Union[Ring, _Mapping]] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    part: int
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., call: _Optional[_Union[_calls_pb2.Call, _Mapping]] = ..., recipient_user_ids: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., ring: _Optional[_Union[Ring, _Mapping]] = ..., user_ids: _Optional[_Iterable[str]] = ..., part: _Optional[int] = ...) -> None: ...
 
 class Ring(_message.Message):
     __slots__ = ("expires_at", "tokens")
