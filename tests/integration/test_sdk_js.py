@@ -91,9 +91,7 @@ def sessions() -> Iterator[Callable[[Tenant], str]]:
 
 
 @pytest.mark.parametrize("name", INTEGRATION)
-def test_sdk_against_the_stack(
-    stack: Stack, sessions: Callable[[Tenant], str], name: str
-) -> None:
+def test_sdk_against_the_stack(stack: Stack, sessions: Callable[[Tenant], str], name: str) -> None:
     tenant = create_tenant(stack, f"sdk-{name}")
     env = {
         **os.environ,

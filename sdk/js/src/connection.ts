@@ -12,7 +12,7 @@ import type { Clock } from './clock.js';
 import { CallsError, SESSION_UNAVAILABLE, UNKNOWN, asCallsError } from './errors.js';
 import { EVENT } from './events.js';
 import type { Session } from './session.js';
-import type { Call, CallEvent } from './types.js';
+import type { Call, WireCallEvent } from './types.js';
 
 /** The part of a socket.io-client Socket the SDK uses (tests give a fake one). */
 export interface SocketLike {
@@ -30,7 +30,7 @@ export const defaultIo: Io = (url, options) => socketIo(url, options);
 export interface ConnectionHandlers {
   connecting(): void;
   sync(calls: Call[]): void;
-  event(event: CallEvent): void;
+  event(event: WireCallEvent): void;
   connected(up: boolean): void;
   error(err: CallsError): void;
 }
@@ -75,7 +75,7 @@ export class Connection {
     socket.on(EVENT.sync, (payload: unknown) => this.synced(payload));
     socket.onAny((name: string, payload: unknown) => {
       if (name.startsWith('call.') && name !== EVENT.sync && isObject(payload)) {
-        this.handlers.event(payload as CallEvent);
+        this.handlers.event(payload as WireCallEvent);
       }
     });
     socket.on('socket.closing', (payload: unknown) => {

@@ -12,7 +12,7 @@
 //   over for this user, and when its end happened while the socket was away, the SDK
 //   derives the events the user missed (an event with an empty `id`).
 import { EVENT, type Effect } from './events.js';
-import type { Call, CallEvent } from './types.js';
+import type { Call, CallEvent, WireCallEvent } from './types.js';
 
 const SEEN_IDS_KEPT = 1000; // event ids remembered for de-duplication
 const ENDED_KEPT = 200; // ended calls remembered, so that a late event cannot revive them
@@ -91,14 +91,16 @@ export class CallState {
     return effects;
   }
 
-  /** A call event from the socket. */
-  event(event: CallEvent): Effect[] {
+  /** A call event from the socket (one without its call concerns no call: ignored). */
+  event(wire: WireCallEvent): Effect[] {
+    if (!wire.call) return [];
+    const event = wire as CallEvent;
     if (event.id) {
       if (this.seen.has(event.id)) return [];
       this.remember(event.id);
     }
-    const effects = event.call ? this.apply(event.call, { kind: 'event', event }) : [];
-    const tracked = event.call ? this.calls.get(event.call.id) : undefined;
+    const effects = this.apply(event.call, { kind: 'event', event });
+    const tracked = this.calls.get(event.call.id);
     switch (event.type) {
       case EVENT.accepted: // a 1:1 call is answered once (a group join is participant_joined)
         if (tracked?.acceptedAnnounced) break;

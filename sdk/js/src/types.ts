@@ -10,12 +10,15 @@ import type {
   StartCallRequest,
   StartCallResponse,
 } from './gen/sendsar/calls/v1/calls.js';
-import type { CallEvent } from './gen/sendsar/calls/v1/events.js';
+import type { CallEvent as WireCallEvent } from './gen/sendsar/calls/v1/events.js';
 import type { ErrorInfo } from './gen/google/rpc/error_details.js';
 import type { Status } from './gen/google/rpc/status.js';
 
-export type { Call, CallEvent, ErrorInfo, LiveKitCredentials, Participant };
+export type { Call, ErrorInfo, LiveKitCredentials, Participant, WireCallEvent };
 export type EndReason = Call_EndReason;
+
+/** A call event as listeners get it: every call event carries its call. */
+export type CallEvent = Omit<WireCallEvent, 'call'> & { call: Call };
 
 /** `startCall(roomId, options)`: the call's type and the integrator's own data. */
 export type StartCallOptions = Pick<StartCallRequest, 'type' | 'custom'>;
