@@ -92,7 +92,9 @@ k8s-check: $(STAMP) $(K8S_TOOLS)
 
 # buf lints an image built by protoc, because the googleapis deps would
 # otherwise come from the Buf registry, which this network cannot reach.
-lint: $(STAMP)
+# The SDK and the demo app: prettier and a strict tsc (sdk/js: npm run lint).
+lint: $(STAMP) $(SDK)/node_modules/.installed
+	cd $(SDK) && npm run --silent lint
 	$(BIN)/ruff check services devstack tests migrations bench
 	$(BIN)/ruff format --check services devstack tests migrations bench
 	$(BIN)/mypy services devstack tests bench

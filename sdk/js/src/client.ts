@@ -9,13 +9,7 @@ import { TokenRefresher } from './refresher.js';
 import { paths, send, type Fetch, type Method } from './rest.js';
 import { Session, type GetSessionToken } from './session.js';
 import { CallState } from './state.js';
-import type {
-  Call,
-  CallJoined,
-  CallStarted,
-  EndCallOptions,
-  StartCallOptions,
-} from './types.js';
+import type { Call, CallJoined, CallStarted, EndCallOptions, StartCallOptions } from './types.js';
 
 export interface CallsClientOptions {
   /** The API's address, e.g. `https://api.example.com` (REST and Socket.IO). */
@@ -206,7 +200,14 @@ export class CallsClient {
     }
     const path = paths.call(options.roomId, callId, action);
     const fetchImpl = options.fetch ?? globalFetch;
-    const reply = await send<Partial<CallJoined>>(fetchImpl, options.baseUrl, 'POST', path, ringToken, {});
+    const reply = await send<Partial<CallJoined>>(
+      fetchImpl,
+      options.baseUrl,
+      'POST',
+      path,
+      ringToken,
+      {},
+    );
     return action === 'accept' ? joinedOf(reply, path) : required(reply.call, path);
   }
 

@@ -56,9 +56,12 @@ export class TokenRefresher {
   }
 
   private arm(callId: string, schedule: Schedule, delayMs: number): void {
-    schedule.timer = this.clock.setTimeout(() => {
-      void this.run(callId, schedule);
-    }, Math.max(0, delayMs));
+    schedule.timer = this.clock.setTimeout(
+      () => {
+        void this.run(callId, schedule);
+      },
+      Math.max(0, delayMs),
+    );
   }
 
   private async run(callId: string, schedule: Schedule): Promise<void> {

@@ -38,49 +38,66 @@ async function pushedRingToken(callId: string, user: string): Promise<string> {
   return invite().ring.tokens[user];
 }
 
-test('accept from a push, with the ring token alone; then the session takes over', { timeout: 120_000 }, async () => {
-  const roomId = await room('alice', 'bob');
-  const alice = await Device.online('alice');
-  devices.push(alice);
-  const { call } = await alice.client.startCall(roomId, { type: 'audio' });
-  const ringToken = await pushedRingToken(call.id, 'bob');
+test(
+  'accept from a push, with the ring token alone; then the session takes over',
+  { timeout: 120_000 },
+  async () => {
+    const roomId = await room('alice', 'bob');
+    const alice = await Device.online('alice');
+    devices.push(alice);
+    const { call } = await alice.client.startCall(roomId, { type: 'audio' });
+    const ringToken = await pushedRingToken(call.id, 'bob');
 
-  const joined = await CallsClient.answerFromPush(ringToken, 'accept', { baseUrl: API, roomId });
-  assert.equal(joined.call.status, 'active');
-  assert.ok(joined.livekit.url && joined.livekit.token);
-  await alice.wait('callAccepted', call.id);
+    const joined = await CallsClient.answerFromPush(ringToken, 'accept', { baseUrl: API, roomId });
+    assert.equal(joined.call.status, 'active');
+    assert.ok(joined.livekit.url && joined.livekit.token);
+    await alice.wait('callAccepted', call.id);
 
-  // The app now has a session: its socket syncs the call it answered, and it keeps the
-  // LiveKit credentials fresh from here on.
-  const bob = await Device.online('bob');
-  devices.push(bob);
-  const refreshed = await bob.client.refreshToken(roomId, call.id);
-  assert.ok(refreshed.livekit.token);
-  assert.equal((await bob.client.getActiveCall(roomId))?.id, call.id);
-  await bob.client.endCall(roomId, call.id);
-  await alice.wait('callEnded', call.id);
-});
+    // The app now has a session: its socket syncs the call it answered, and it keeps the
+    // LiveKit credentials fresh from here on.
+    const bob = await Device.online('bob');
+    devices.push(bob);
+    const refreshed = await bob.client.refreshToken(roomId, call.id);
+    assert.ok(refreshed.livekit.token);
+    assert.equal((await bob.client.getActiveCall(roomId))?.id, call.id);
+    await bob.client.endCall(roomId, call.id);
+    await alice.wait('callEnded', call.id);
+  },
+);
 
-test('decline from a push; the token answers nothing more, a forged one nothing at all', { timeout: 120_000 }, async () => {
-  const roomId = await room('alice', 'bob');
-  const alice = await Device.online('alice');
-  devices.push(alice);
-  const { call } = await alice.client.startCall(roomId);
-  const ringToken = await pushedRingToken(call.id, 'bob');
+test(
+  'decline from a push; the token answers nothing more, a forged one nothing at all',
+  { timeout: 120_000 },
+  async () => {
+    const roomId = await room('alice', 'bob');
+    const alice = await Device.online('alice');
+    devices.push(alice);
+    const { call } = await alice.client.startCall(roomId);
+    const ringToken = await pushedRingToken(call.id, 'bob');
 
-  const declined = await CallsClient.answerFromPush(ringToken, 'decline', { baseUrl: API, roomId });
-  assert.equal(declined.endReason, 'declined');
-  const ended = await alice.wait('callEnded', call.id);
-  assert.equal(ended.call.endReason, 'declined');
+    const declined = await CallsClient.answerFromPush(ringToken, 'decline', {
+      baseUrl: API,
+      roomId,
+    });
+    assert.equal(declined.endReason, 'declined');
+    const ended = await alice.wait('callEnded', call.id);
+    assert.equal(ended.call.endReason, 'declined');
 
-  const answer = (token: string) =>
-    CallsClient.answerFromPush(token, 'accept', { baseUrl: API, roomId });
-  await assert.rejects(answer(ringToken), { name: 'CallsError', status: 409, reason: 'CALL_ENDED' });
-  const [header, , signature] = ringToken.split('.');
-  const claims = Buffer.from(JSON.stringify({ sub: 'mallory', cid: call.id })).toString('base64url');
-  await assert.rejects(answer(`${header}.${claims}.${signature}`), {
-    name: 'CallsError',
-    status: 401,
-    reason: 'UNAUTHENTICATED',
-  });
-});
+    const answer = (token: string) =>
+      CallsClient.answerFromPush(token, 'accept', { baseUrl: API, roomId });
+    await assert.rejects(answer(ringToken), {
+      name: 'CallsError',
+      status: 409,
+      reason: 'CALL_ENDED',
+    });
+    const [header, , signature] = ringToken.split('.');
+    const claims = Buffer.from(JSON.stringify({ sub: 'mallory', cid: call.id })).toString(
+      'base64url',
+    );
+    await assert.rejects(answer(`${header}.${claims}.${signature}`), {
+      name: 'CallsError',
+      status: 401,
+      reason: 'UNAUTHENTICATED',
+    });
+  },
+);

@@ -2,7 +2,7 @@
 // fresh session token and reconnects, and the listeners registered at the start still hear.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { Device, room, shortSession, until } from './stack.js';
+import { Device, WAIT_MS, room, shortSession, until } from './stack.js';
 
 const TTL_SECONDS = 4;
 const devices: Device[] = [];
@@ -17,7 +17,8 @@ test('an expired session is renewed without losing listeners', { timeout: 120_00
   const started = Date.now();
 
   // Two expiries: each closes the socket; each time the SDK asks again and reconnects.
-  await until(() => bob.seen.filter((r) => r.name === 'connectionChanged').length >= 5, 'two renewals');
+  const changes = () => bob.seen.filter((r) => r.name === 'connectionChanged').length;
+  await until(() => changes() >= 5, 'two renewals', 3 * WAIT_MS);
   assert.ok(Date.now() - started > (TTL_SECONDS * 1000) / 2, 'closed at expiry, not at once');
   assert.ok(bob.sessions >= 3, `asked ${bob.sessions} times`);
   await until(() => bob.client.connected, "bob's socket after renewal");

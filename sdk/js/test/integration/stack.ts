@@ -110,7 +110,9 @@ export class Device {
 
   /** The events of one listener for one call. */
   of(name: keyof ClientEvents, callId: string): any[] {
-    return this.seen.filter((r) => r.name === name && r.value?.call?.id === callId).map((r) => r.value);
+    return this.seen
+      .filter((r) => r.name === name && r.value?.call?.id === callId)
+      .map((r) => r.value);
   }
 
   async wait(name: keyof ClientEvents, callId: string, count = 1): Promise<any> {

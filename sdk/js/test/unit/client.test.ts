@@ -46,7 +46,13 @@ async function bob(answer: (r: Sent) => Answer = () => ({}), ttl = 3600): Promis
     tokens.push(token);
     return token;
   };
-  const client = new CallsClient({ baseUrl: 'https://api.test', getSessionToken, fetch, io, clock });
+  const client = new CallsClient({
+    baseUrl: 'https://api.test',
+    getSessionToken,
+    fetch,
+    io,
+    clock,
+  });
   clients.push(client);
   const seen: Harness['seen'] = [];
   const names: Array<keyof ClientEvents> = [
@@ -247,7 +253,9 @@ describe('REST', () => {
 
   test('requests go to the contract paths with the contract bodies', async () => {
     const h = await bob((r) => ({
-      body: r.path.endsWith('/active') ? {} : { call: answered(), livekit: { url: 'u', token: 't' } },
+      body: r.path.endsWith('/active')
+        ? {}
+        : { call: answered(), livekit: { url: 'u', token: 't' } },
     }));
     await h.client.startCall('room_1', { type: 'video', custom: { ticket: 7 } });
     await h.client.endCall('room_1', 'call_1', { reason: 'cancelled' });
@@ -275,7 +283,10 @@ describe('LiveKit tokens', () => {
     let minted = 0;
     let clock: FakeClock | undefined;
     const h = await bob(() => ({
-      body: { call: answered(), livekit: { url: 'wss://lk', token: livekitToken(clock!, minted++) } },
+      body: {
+        call: answered(),
+        livekit: { url: 'wss://lk', token: livekitToken(clock!, minted++) },
+      },
     }));
     clock = h.clock;
     const { livekit } = await h.client.acceptCall('room_1', 'call_1');
@@ -296,11 +307,19 @@ describe('LiveKit tokens', () => {
   test('a refusal stops the refreshing and is reported; a failure is retried', async () => {
     let replies: Answer[] = [];
     const h = await bob(() => replies.shift() ?? {});
-    replies = [{ body: { call: answered(), livekit: { url: 'u', token: livekitToken(h.clock, 0) } } }];
+    replies = [
+      { body: { call: answered(), livekit: { url: 'u', token: livekitToken(h.clock, 0) } } },
+    ];
     await h.client.acceptCall('room_1', 'call_1');
     replies = [
       { status: 503, body: { message: 'busy' } },
-      { status: 409, body: { message: 'ended', details: [{ '@type': 'x/google.rpc.ErrorInfo', reason: 'CALL_ENDED' }] } },
+      {
+        status: 409,
+        body: {
+          message: 'ended',
+          details: [{ '@type': 'x/google.rpc.ErrorInfo', reason: 'CALL_ENDED' }],
+        },
+      },
     ];
     await h.clock.advance(540_000);
     assert.equal(h.requests.length, 2);

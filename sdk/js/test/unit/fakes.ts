@@ -131,7 +131,10 @@ export type Answer = { status?: number; body?: unknown; headers?: Record<string,
 /** A fetch answering each request from `answer` and recording it. */
 export function fakeFetch(answer: (request: Sent) => Answer) {
   const requests: Sent[] = [];
-  const fetch = async (input: string | URL | globalThis.Request, init?: RequestInit): Promise<Response> => {
+  const fetch = async (
+    input: string | URL | globalThis.Request,
+    init?: RequestInit,
+  ): Promise<Response> => {
     const url = new URL(String(input));
     const headers = (init?.headers ?? {}) as Record<string, string>;
     const request: Sent = {
@@ -168,7 +171,12 @@ export function call(id: string, status: string, participants: Participant[], ex
   };
 }
 
-export function event(id: string, type: string, c: Call, extra: Partial<CallEvent> = {}): CallEvent {
+export function event(
+  id: string,
+  type: string,
+  c: Call,
+  extra: Partial<CallEvent> = {},
+): CallEvent {
   return {
     id,
     type,

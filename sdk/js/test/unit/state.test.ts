@@ -46,7 +46,10 @@ describe('rings', () => {
     const stop = fired(ended, 'callRingStopped')[0]?.value as { id: string; reason?: string };
     assert.equal(stop.id, '');
     assert.equal(stop.reason, 'cancelled');
-    assert.equal(fired(state.event(event('evt_3', 'call.ended', cancelled())), 'callEnded').length, 0);
+    assert.equal(
+      fired(state.event(event('evt_3', 'call.ended', cancelled())), 'callEnded').length,
+      0,
+    );
   });
 
   test("this client's own accept stops its ring at once; the server's events add no second stop", () => {
@@ -95,7 +98,10 @@ describe('call.sync after a reconnect', () => {
     assert.deepEqual(names(synced), ['callUpdated', 'callRingStopped', 'callEnded']);
     assert.equal((synced[0]?.value as { status: string }).status, 'ended');
     // The call.ended the bridge held behind the sync: no second callEnded.
-    assert.deepEqual(fired(state.event(event('evt_2', 'call.ended', cancelled())), 'callEnded'), []);
+    assert.deepEqual(
+      fired(state.event(event('evt_2', 'call.ended', cancelled())), 'callEnded'),
+      [],
+    );
     state.connecting();
     assert.deepEqual(state.sync([]), []);
   });
