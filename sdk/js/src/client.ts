@@ -86,10 +86,13 @@ export class CallsClient {
 
   /** Starts a call in the room, or joins its live call. */
   async startCall(roomId: string, options: StartCallOptions = {}): Promise<CallStarted> {
+    const path = paths.calls(roomId);
     const body = { type: options.type, custom: options.custom };
-    const reply = await this.request<CallStarted>('POST', paths.calls(roomId), body);
-    if (reply.livekit) this.refresher.track({ call: reply.call, livekit: reply.livekit });
-    return reply;
+    const { call, livekit } = await this.request<Partial<CallStarted>>('POST', path, body);
+    if (!livekit) return { call: required(call, path) }; // over as it began (busy)
+    const joined = joinedOf({ call, livekit }, path);
+    this.refresher.track(joined);
+    return joined;
   }
 
   /** Accepts a ringing 1:1 call, or joins a group call. */
