@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 # The wheels put nats-server and envoy in the venv's bin.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install lock proto k8s k8s-check proto-check lint test test-fast dev bench livekit demo browsers openapi clean ci
+.PHONY: install lock proto k8s k8s-check proto-check lint test test-fast dev bench livekit demo browsers openapi clean ci sdk sdk-test sdk-pack
 
 # Every package, transitive ones included, comes from the hash-pinned lock files:
 # requirements/dev.txt here and in CI, requirements/lock.txt (runtime only) in the image.
@@ -35,15 +35,28 @@ lock:
 # Python stubs (committed) and the descriptor set Envoy's transcoder reads
 # (committed too, so a clone runs without protoc). The descriptor set imports
 # error_details.proto so the transcoder can render ErrorInfo details.
+# The client SDK's types (sdk/js/src/gen, committed too): the JSON that REST and Socket.IO
+# carry, as ts-proto types only (no runtime code): lowerCamelCase fields, enum values as
+# their names, timestamps as strings. Only what a client sees: calls, events, errors.
+SDK := sdk/js
+SDK_GEN := $(SDK)/src/gen
+SDK_PROTOS := sendsar/calls/v1/calls.proto sendsar/calls/v1/events.proto \
+  google/rpc/status.proto google/rpc/error_details.proto google/protobuf/any.proto
+SDK_TS_PROTO_OPTS := onlyTypes=true,useJsonWireFormat=true,useOptionals=messages,enumsAsLiterals=true,$\
+  unrecognizedEnum=false,outputServices=false,emitImportedFiles=false,importSuffix=.js
 SITE = $(shell $(BIN)/python -c 'import site; print(site.getsitepackages()[0])')
 PROTOS = $(shell cd proto && find sendsar -name '*.proto' | sort)
-proto: $(STAMP)
+proto: $(STAMP) $(SDK)/node_modules/.installed
 	rm -rf gen/python/sendsar
 	mkdir -p gen/python
 	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. -I$(SITE) \
 	  --python_out=../gen/python --pyi_out=../gen/python --grpc_python_out=../gen/python $(PROTOS)
 	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. -I$(SITE) --include_imports \
 	  --descriptor_set_out=../gen/descriptors.binpb $(PROTOS) google/rpc/error_details.proto
+	rm -rf $(SDK_GEN) && mkdir -p $(SDK_GEN)
+	cd proto && ../$(BIN)/python -m grpc_tools.protoc -I. -I$(SITE) \
+	  --plugin=protoc-gen-ts_proto=../$(SDK)/node_modules/.bin/protoc-gen-ts_proto \
+	  --ts_proto_out=../$(SDK_GEN) --ts_proto_opt=$(SDK_TS_PROTO_OPTS) $(SDK_PROTOS)
 
 # Kubernetes: Envoy's config rendered for in-cluster DNS names, what each overlay ships of
 # it (devstack/envoy_k8s.py: dev plain HTTP, prod TLS), and the descriptor set.
@@ -57,8 +70,8 @@ k8s: proto
 	cp gen/descriptors.binpb deploy/k8s/generated/descriptors.binpb
 
 proto-check: k8s
-	git diff --exit-code -- $(K8S_GENERATED) || (echo "generated files are stale: run make k8s and commit" >&2; exit 1)
-	test -z "$$(git status --porcelain -- $(K8S_GENERATED))" || (echo "untracked generated files: run make k8s and commit" >&2; exit 1)
+	git diff --exit-code -- $(K8S_GENERATED) $(SDK_GEN) || (echo "generated files are stale: run make k8s and commit" >&2; exit 1)
+	test -z "$$(git status --porcelain -- $(K8S_GENERATED) $(SDK_GEN))" || (echo "untracked generated files: run make k8s and commit" >&2; exit 1)
 
 # Render every overlay and check it: schema (kubernetes-validate --strict), Envoy config
 # (envoy --mode validate), kube-score (deploy/k8s/check.sh lists what it ignores and why).
@@ -79,7 +92,9 @@ k8s-check: $(STAMP) $(K8S_TOOLS)
 
 # buf lints an image built by protoc, because the googleapis deps would
 # otherwise come from the Buf registry, which this network cannot reach.
-lint: $(STAMP)
+# The SDK and the demo app: prettier and a strict tsc (sdk/js: npm run lint).
+lint: $(STAMP) $(SDK)/node_modules/.installed
+	cd $(SDK) && npm run --silent lint
 	$(BIN)/ruff check services devstack tests migrations bench
 	$(BIN)/ruff format --check services devstack tests migrations bench
 	$(BIN)/mypy services devstack tests bench
@@ -96,6 +111,26 @@ $(LIVEKIT_BIN):
 
 livekit: $(LIVEKIT_BIN)
 
+# The client SDK @sendsar/calls (sdk/js): tsc builds dist/ (what the package ships and the
+# demo bundles) and .build/ (its tests, which tests/integration/test_sdk_js.py runs).
+SDK_SRC = $(shell find $(SDK)/src $(SDK)/test -name '*.ts') $(wildcard $(SDK)/tsconfig*.json)
+sdk: $(SDK)/.build/.built
+
+$(SDK)/node_modules/.installed: $(SDK)/package.json $(SDK)/package-lock.json
+	cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(SDK)/.build/.built: $(SDK)/node_modules/.installed $(SDK_SRC)
+	cd $(SDK) && npm run --silent build && npm run --silent build:test
+	touch $@
+
+sdk-test: sdk
+	cd $(SDK) && npm test --silent
+
+# The package as npm would publish it (CI builds it; nothing is published).
+sdk-pack: sdk
+	mkdir -p .cache/sdk && cd $(SDK) && npm pack --silent --pack-destination $(CURDIR)/.cache/sdk
+
 # The demo web app (web/demo) bundled by esbuild from the locked npm packages;
 # devstack/demo.py serves it at /demo/ in `make dev` (never in deploy/k8s).
 DEMO_OUT := .cache/demo
@@ -106,7 +141,7 @@ web/demo/node_modules/.installed: web/demo/package.json web/demo/package-lock.js
 	cd web/demo && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-$(DEMO_OUT)/app.js: web/demo/node_modules/.installed $(DEMO_SRC)
+$(DEMO_OUT)/app.js: web/demo/node_modules/.installed $(DEMO_SRC) $(SDK)/.build/.built
 	mkdir -p $(DEMO_OUT)
 	cp web/demo/index.html web/demo/style.css $(DEMO_OUT)/
 	cd web/demo && DEMO_OUT=$(CURDIR)/$(DEMO_OUT) npm run --silent build
@@ -142,13 +177,13 @@ dev: $(STAMP)
 	-@$(MAKE) --no-print-directory demo
 	$(BIN)/python -m devstack.dev
 
-test: $(STAMP) livekit demo browsers openapi
+test: $(STAMP) livekit demo browsers openapi sdk
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.calls
 
-ci: proto-check lint k8s-check test
+ci: proto-check lint k8s-check test sdk-pack
 
 # Not under a running make dev: its PostgreSQL would go on serving deleted files.
 clean:

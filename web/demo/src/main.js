@@ -1,10 +1,11 @@
 // Sendsar Calls demo: pick a demo user, see your rooms, call, ring, answer, talk, hang up,
-// read the call history. Everything after sign-in goes through the public REST API and
-// Socket.IO, exactly as a customer's web app would use them.
-import { io } from 'socket.io-client';
-import { client } from './api.js';
+// read the call history. Everything after sign-in goes through the client SDK
+// (@sendsar/calls: REST, Socket.IO, ring state) and LiveKit's SDK, exactly as a customer's
+// web app would use them.
+import { CallsClient } from '@sendsar/calls';
+import { history } from './history.js';
 import { joinMedia, leaveMedia, remoteTracks } from './media.js';
-import { Ringer } from './ringer.js';
+import { Ringtone } from './ringtone.js';
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, props = {}, ...children) => {
@@ -21,12 +22,12 @@ const state = {
   ended: null, // the last call this page was in, once ended
   media: null, // the LiveKit Room
   mediaError: '',
-  connected: false, // the Socket.IO connection
+  connected: false, // the SDK's socket: connected and synced
   marks: { startClickedAt: 0, ringShownAt: 0 },
 };
-let api = null;
-let socket = null;
-const ringer = new Ringer();
+let calls = null; // the CallsClient
+let api = { url: '', token: '' }; // for the chat history, which is not the calls SDK's
+const ringtone = new Ringtone();
 const mediaElements = () => ({
   local: $('local-media'),
   remote: $('remote-media'),
@@ -68,84 +69,88 @@ async function boot() {
   if (wanted) await signIn(apiUrl, wanted);
 }
 
-async function signIn(apiUrl, userId) {
-  ringer.unlock(); // inside the click: browsers allow sound after a user gesture
+// The demo server hands out session tokens (a tenant backend's job): one at sign-in, and a
+// fresh one whenever the SDK asks again (the session expired).
+async function newSession(userId) {
   const reply = await fetch('session', {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ userId }),
   });
-  const session = await reply.json();
-  if (!reply.ok) throw new Error(session.message || `session: ${reply.status}`);
-  state.me = { userId: session.userId, name: session.name };
-  state.rooms = session.rooms;
-  api = client(apiUrl, session.token);
-  document.title = `${session.name} · Sendsar Calls demo`;
-  $('me').textContent = `signed in as ${session.name}`;
+  const body = await reply.json();
+  if (!reply.ok) throw new Error(body.message || `session: ${reply.status}`);
+  return body;
+}
+
+async function signIn(apiUrl, userId) {
+  ringtone.unlock(); // inside the click: browsers allow sound after a user gesture
+  const first = await newSession(userId);
+  state.me = { userId: first.userId, name: first.name };
+  state.rooms = first.rooms;
+  api = { url: apiUrl, token: first.token };
+  let unused = first.token; // the SDK's first token; later ones are fresh
+  calls = new CallsClient({
+    baseUrl: apiUrl,
+    getSessionToken: async () => {
+      api.token = unused || (await newSession(userId)).token;
+      unused = '';
+      return api.token;
+    },
+  });
+  calls.backgroundError((err) => log(`${err.reason}: ${err.message}`));
+  listen(calls);
+  document.title = `${first.name} · Sendsar Calls demo`;
+  $('me').textContent = `signed in as ${first.name}`;
   $('login').hidden = true;
   $('home').hidden = false;
   renderRooms();
-  connectSocket(apiUrl, session.token);
-  // A call may already be ringing (the page was opened after the invite).
-  for (const room of state.rooms) {
-    const { call } = await api.activeCall(room.id);
-    if (call) onCall(call);
-  }
 }
 
-function connectSocket(apiUrl, token) {
-  socket = io(apiUrl, { auth: { token }, transports: ['websocket'] });
-  socket.on('connect', () => {
-    state.connected = true;
-    log('socket connected');
+// A call already ringing when the page opens rings too: the SDK's first call.sync says so.
+function listen(client) {
+  client.connectionChanged((connected) => {
+    state.connected = connected;
+    log(connected ? 'socket connected and synced' : 'socket disconnected; reconnecting');
   });
-  socket.on('disconnect', (reason) => {
-    state.connected = false;
-    log(`socket disconnected: ${reason}`);
+  const logged = (type) => (event) => {
+    const by = event.userId ? ` (${event.userId})` : '';
+    log(`${type}${by}${event.id ? '' : ' (derived by the SDK: no event of its own)'}`);
+  };
+  client.callAccepted(logged('call.accepted'));
+  client.callDeclined(logged('call.declined'));
+  client.callEnded(logged('call.ended'));
+  client.callMissed(logged('call.missed'));
+  client.callInvite((event) => {
+    logged('call.invite')(event);
+    if (state.call || state.incoming) return; // one call at a time on this page
+    state.incoming = event.call;
+    state.marks.ringShownAt = Date.now();
+    ringtone.start();
+    render();
   });
-  socket.on('connect_error', (err) => log(`socket: ${err.message}`));
-  socket.on('call.sync', ({ calls }) => (calls || []).forEach(onCall));
-  for (const type of [
-    'call.invite',
-    'call.accepted',
-    'call.declined',
-    'call.ended',
-    'call.missed',
-    'call.participant_joined',
-    'call.participant_left',
-    'call.ring_stopped',
-  ]) {
-    socket.on(type, (event) => {
-      log(`${type}${event.userId ? ` (${event.userId})` : ''}`);
-      if (event.call) onCall(event.call);
-    });
-  }
+  client.callRingStopped((event) => {
+    logged(`call.ring_stopped: ${event.reason}`)(event);
+    if (state.incoming && state.incoming.id === event.call.id) stopRinging();
+    render();
+  });
+  client.callUpdated(onCall);
 }
 
-// --- the call state, converged from every call object the API or an event hands us ----
+// --- the call this page is in, as the SDK sees it ----------------------------------
 
 function onCall(call) {
-  const me = mine(call);
-  if (state.incoming && state.incoming.id === call.id) {
-    if (call.status === 'ended' || !me || me.state !== 'invited') stopRinging();
-    else state.incoming = call;
-  }
+  if (state.incoming && state.incoming.id === call.id) state.incoming = call;
   if (state.call && state.call.id === call.id) {
     state.call = call;
+    const me = mine(call);
     if (call.status === 'ended' || (me && me.state === 'left')) finishCall(call);
-  } else if (!state.call && !state.incoming && call.status !== 'ended' && me) {
-    if (me.state === 'invited') {
-      state.incoming = call;
-      state.marks.ringShownAt = Date.now();
-      ringer.start();
-    }
   }
   render();
 }
 
 function stopRinging() {
   state.incoming = null;
-  ringer.stop();
+  ringtone.stop();
 }
 
 async function finishCall(call) {
@@ -160,7 +165,7 @@ async function finishCall(call) {
 
 async function startCall(roomId, type) {
   state.marks.startClickedAt = Date.now();
-  const { call, livekit } = await api.start(roomId, type);
+  const { call, livekit } = await calls.startCall(roomId, { type });
   state.ended = null;
   state.call = call;
   render();
@@ -171,7 +176,7 @@ async function startCall(roomId, type) {
 async function accept() {
   const call = state.incoming;
   stopRinging();
-  const reply = await api.accept(call.roomId, call.id);
+  const reply = await calls.acceptCall(call.roomId, call.id);
   state.ended = null;
   state.call = reply.call;
   render();
@@ -182,16 +187,19 @@ async function decline() {
   const call = state.incoming;
   stopRinging();
   render();
-  await api.decline(call.roomId, call.id);
+  await calls.declineCall(call.roomId, call.id);
 }
 
+// The reply (ended for a 1:1 call, left for a group) reaches onCall through the SDK's
+// callUpdated, which finishes the call on this page.
 async function hangUp() {
   const call = state.call;
-  const reply =
-    call.mode === 'group'
-      ? await api.leave(call.roomId, call.id) // the others stay; the last one out ends it
-      : await api.end(call.roomId, call.id, call.status === 'ringing' ? 'cancelled' : undefined);
-  onCall(reply.call); // ended (1:1) or left (group): either finishes the call on this page
+  if (call.mode === 'group') {
+    await calls.leaveCall(call.roomId, call.id); // the others stay; the last one out ends it
+  } else {
+    const reason = call.status === 'ringing' ? 'cancelled' : undefined;
+    await calls.endCall(call.roomId, call.id, { reason });
+  }
 }
 
 async function enterMedia(livekit, type) {
@@ -211,7 +219,7 @@ const minutes = (s) => `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}
 
 async function showHistory(roomId) {
   $('history-title').textContent = `Call history · ${roomName(roomId)}`;
-  const { messages } = await api.messages(roomId);
+  const messages = await history(api.url, api.token, roomId);
   const items = [];
   for (const message of messages || []) {
     for (const part of message.parts || []) {

@@ -1,5 +1,6 @@
-// A ring tone from the Web Audio API (no sound file to ship): two short beeps every 2 s.
-export class Ringer {
+// The ring tone, from the Web Audio API (no sound file to ship): two short beeps every 2 s.
+// When to ring is the SDK's business (callInvite, callRingStopped); this is only the sound.
+export class Ringtone {
   constructor() {
     this.context = null;
     this.timer = null;
