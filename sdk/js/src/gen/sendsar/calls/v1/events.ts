@@ -51,6 +51,13 @@ export interface CallEvent {
     | undefined;
   /** call.ring_stopped: the users whose ring stopped. */
   userIds: string[];
+  /**
+   * An event to more than 500 recipients travels as several messages that share
+   * its id, each to some of the recipients: absent on the first, which alone
+   * carries `ring` and is the one the webhook is made of; 1, 2, ... on the
+   * others.
+   */
+  part?: number | undefined;
 }
 
 /** The ring of a call.invite, for a VoIP push (docs/webhooks.md). */
