@@ -35,10 +35,13 @@ def call_to_pb(call: Call) -> pb.Call:
     if call.custom is not None:
         message.custom.update(call.custom)
     for p in call.participants:
-        message.participants.add(
+        added = message.participants.add(
             user_id=p.user_id,
             state=p.state,
             joined_at=timestamp(p.joined_at),
             left_at=timestamp(p.left_at),
         )
+        if p.guest:
+            added.guest = True
+            added.name = p.name or ""
     return message

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import grpc
+
+from services.common import validation
 from services.common.errors import (
     ServiceError,
     conflict,
@@ -27,7 +30,7 @@ from services.events import types as events
 
 Status = Literal["ringing", "active", "ended"]
 Mode = Literal["direct", "group"]
-State = Literal["invited", "joined", "declined", "left", "missed", "removed"]
+State = Literal["invited", "joined", "declined", "left", "missed", "removed", "waiting"]
 
 LIVE: tuple[Status, ...] = ("ringing", "active")
 # Reasons a caller may give when ending a ringing 1:1 call.
@@ -45,6 +48,11 @@ _RING_STOP = {
 }
 RING_AGAIN_MAX = 100  # users per ring-again request
 
+# Guests (people outside the tenant's app, in through a call link) are participants whose
+# user id is this prefix and their guest id; app users' ids may not start with it.
+GUEST_PREFIX = validation.GUEST_PREFIX
+MAX_WAITING_GUESTS = 50  # guests in a call's lobby at once
+
 
 @dataclass(frozen=True)
 class Participant:
@@ -55,6 +63,11 @@ class Participant:
     ever_joined: bool = False
     # While this user's devices ring: when the ring stops unless answered.
     ring_deadline: datetime | None = None
+    name: str | None = None  # a guest's name, as they gave it
+
+    @property
+    def guest(self) -> bool:
+        return is_guest(self.user_id)
 
     @property
     def ringing(self) -> bool:
@@ -119,6 +132,9 @@ class CallPolicy:
     media_grace: timedelta = timedelta(seconds=60)
     # A 1:1 callee already joined in another live call: "ring" (call waiting) or "reject".
     busy_policy: str = "ring"
+    # Guests may knock through call links; "host": they wait until admitted, "off": not.
+    guests_enabled: bool = False
+    lobby: str = "host"
 
 
 @dataclass(frozen=True)
@@ -417,6 +433,8 @@ def _join(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change
 
 def accept(call: Call, user_id: str, policy: CallPolicy, now: datetime) -> Change:
     _not_removed(call, user_id)
+    if is_guest(user_id):
+        return _guest_joins(call, user_id, policy, now)
     if call.mode == "direct":
         if user_id == call.created_by:
             raise conflict("CANNOT_ACCEPT_OWN_CALL", "you started this call")
@@ -487,7 +505,7 @@ def leave(call: Call, user_id: str, now: datetime) -> Change:
 
 
 def _leave(call: Call, user_id: str, now: datetime) -> Change:
-    if call.mode == "direct":  # a 1:1 call cannot go on with one side gone
+    if call.mode == "direct" and not is_guest(user_id):  # it cannot go on with one side gone
         return _finish(call, "cancelled" if call.status == "ringing" else "hangup", user_id, now)
     left = _set(call, user_id, "left", now)
     event = Event(events.PARTICIPANT_LEFT, user_id, left.audience())
@@ -692,7 +710,7 @@ def remove(call: Call, actor: Actor, user_id: str, now: datetime) -> Change:
         return Change(call)  # idempotent
     by = actor.user_id or ""
     removed = _set(call, user_id, "removed", now)
-    if call.mode == "direct":  # a 1:1 call cannot go on without one side
+    if call.mode == "direct" and not participant.guest:  # it cannot go on without one side
         return _finish(removed, "ended_by_host", by, now, stopped=call.ringing())
     # The removed user's devices hear it too (and nothing of the call after it).
     audience = tuple(sorted({*removed.audience(), user_id}))
@@ -731,3 +749,118 @@ def member_removed(call: Call, user_id: str, now: datetime) -> Change:
     if not gone.joined():
         return _finish(gone, "all_left", user_id, now, events_before=left)
     return Change(gone, left, kicked=[user_id] if participant.state == "joined" else [])
+
+
+# --- guests and the lobby -----------------------------------------------------------------
+
+
+def is_guest(user_id: str) -> bool:
+    return user_id.startswith(GUEST_PREFIX)
+
+
+def guest_user_id(guest_id: str) -> str:
+    return GUEST_PREFIX + guest_id
+
+
+def require_guests(policy: CallPolicy) -> None:
+    if not policy.guests_enabled:
+        raise forbidden("GUESTS_DISABLED", "guests are not enabled for this account")
+
+
+def require_link_maker(call: Call, actor: Actor) -> None:
+    """Who may make, list and revoke a call's links: the tenant, or the user who started
+    the call while joined in it."""
+    if actor.host:
+        return
+    if actor.user_id != call.created_by:
+        raise forbidden(
+            "NOT_CALL_CREATOR", "only the call's creator or the tenant's API key can do this"
+        )
+    _require_joined_creator(call, actor.user_id)
+
+
+def _require_doorkeeper(call: Call, actor: Actor) -> None:
+    """Who may admit or deny a guest: the tenant, the call's creator while joined, or, in
+    a 1:1 call, either side while joined."""
+    if actor.host:
+        return
+    user = actor.user_id or ""
+    if call.mode == "direct" and not is_guest(user):
+        participant = call.participant(user)
+        if participant is not None and participant.state == "joined":
+            return
+    require_moderator(call, actor)
+
+
+def _require_guest(call: Call, guest: str) -> Participant:
+    participant = call.participant(guest)
+    if participant is None or not participant.guest:
+        raise not_found("PARTICIPANT_NOT_FOUND", "no such guest in this call")
+    return participant
+
+
+def knock(call: Call, guest: str, name: str, policy: CallPolicy) -> Change:
+    """A guest, in through a link, asks to join: `waiting` in the lobby (the joined
+    participants hear `call.knock`), or `invited` at once when the lobby is off. A guest
+    never rings anyone."""
+    require_guests(policy)
+    if policy.lobby == "off":
+        return Change(_add(call, Participant(guest, "invited", name=name)))
+    waiting = [p for p in call.participants if p.state == "waiting"]
+    if len(waiting) >= MAX_WAITING_GUESTS:
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "LOBBY_FULL",
+            f"{MAX_WAITING_GUESTS} guests are waiting already; try again later",
+        )
+    knocked = _add(call, Participant(guest, "waiting", name=name))
+    return Change(knocked, [Event(events.KNOCK, guest, tuple(knocked.joined()))])
+
+
+def _add(call: Call, participant: Participant) -> Call:
+    people = sorted([*call.participants, participant], key=lambda p: p.user_id)
+    return replace(call, participants=tuple(people))
+
+
+def admit(call: Call, actor: Actor, guest: str, policy: CallPolicy) -> Change:
+    """Lets a waiting guest in (`invited`: they may now accept). Guests count against
+    maxParticipants, so a full call refuses."""
+    _require_doorkeeper(call, actor)
+    participant = _require_guest(call, guest)
+    if participant.state in ("invited", "joined"):
+        return Change(call)  # idempotent: admitted already
+    if participant.state != "waiting":
+        raise conflict("NOT_WAITING", "this guest is not waiting to be let in")
+    if len(call.joined()) >= policy.max_participants:
+        raise conflict(
+            "CALL_FULL", f"the call has reached its {policy.max_participants} participants"
+        )
+    admitted = replace(call, participants=_with_state(call, guest, "invited"))
+    return Change(admitted, [Event(events.ADMITTED, actor.user_id or "", (guest,))])
+
+
+def deny(call: Call, actor: Actor, guest: str) -> Change:
+    """Turns a guest away for good: `removed` (that guest session cannot come back)."""
+    _require_doorkeeper(call, actor)
+    participant = _require_guest(call, guest)
+    if participant.state == "removed":
+        return Change(call)  # idempotent
+    if participant.state not in ("waiting", "invited"):
+        raise conflict("ALREADY_JOINED", "this guest has joined; remove them instead")
+    denied = replace(call, participants=_with_state(call, guest, "removed"))
+    return Change(denied, [Event(events.DENIED, actor.user_id or "", (guest,))])
+
+
+def _with_state(call: Call, user_id: str, state: State) -> tuple[Participant, ...]:
+    return tuple(replace(p, state=state) if p.user_id == user_id else p for p in call.participants)
+
+
+def _guest_joins(call: Call, guest: str, policy: CallPolicy, now: datetime) -> Change:
+    """A guest's accept: once admitted (or with the lobby off), into a call that has been
+    answered (a guest never answers a ringing 1:1 call)."""
+    participant = _require_guest(call, guest)
+    if participant.state == "waiting":
+        raise conflict("NOT_ADMITTED", "you are waiting to be let in")
+    if call.status == "ringing":
+        raise conflict("CALL_NOT_ANSWERED", "the call has not been answered yet; try again")
+    return _join(call, guest, policy, now)

@@ -28,6 +28,9 @@ def record(call: Call) -> chat_pb2.CallRecord:
         ended_at=timestamp(call.ended_at),
         duration_seconds=duration,
     )
+    for p in call.participants:
+        if p.guest and p.ever_joined:
+            record.guests.add(user_id=p.user_id, name=p.name or "")
     if call.custom is not None:
         record.custom.update(call.custom)
     return record

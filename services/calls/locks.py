@@ -17,6 +17,10 @@ way round, so no two of them can wait for each other:
    policy "reject" before it checks whether the callee is joined elsewhere
    (`store.LOCK_USERS`).
 
+A guest's knock takes a call link's row first (`store.REDEEM_LINK`: one use of the link,
+counted atomically), then the call's row (2). Nothing takes a link's row while holding a
+call's: making a link inserts a new row, revoking one locks only that row.
+
 The one exception to "row before user locks" is that busy start: it takes its users'
 locks (3) before it knows whether it will insert a call or join the room's live one (2).
 So it never waits for a call's row lock while holding user locks: when its insert loses

@@ -12,7 +12,8 @@ from sendsar.calls.v1 import calls_pb2 as pb
 from sendsar.calls.v1 import calls_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.calls import domain, sweeps
+from services.calls import domain, store, sweeps
+from services.calls.convert import timestamp
 from services.calls.domain import (
     RING_AGAIN_MAX,
     Actor,
@@ -26,9 +27,9 @@ from services.calls.effects import CallEffects
 from services.calls.media import Media
 from services.calls.transitions import Applied, CallTransitions
 from services.common import validation
-from services.common.auth import Kind, Policy, current_principal
+from services.common.auth import LINK_TOKEN_PREFIX, GuestTokens, Kind, Policy, current_principal
 from services.common.db import open_pool
-from services.common.errors import unauthenticated
+from services.common.errors import invalid, unauthenticated
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
 from services.events.relay import relay_jobs
@@ -36,17 +37,25 @@ from services.events.relay import relay_jobs
 POLICIES = {
     "GetActiveCall": Policy.SESSION,
     "StartCall": Policy.SESSION,
-    "AcceptCall": Policy.ANSWER,  # a session, or the ring token of this call (VoIP push)
+    "AcceptCall": Policy.JOIN,  # a session, this call's ring token or guest session
     "DeclineCall": Policy.ANSWER,
     "EndCall": Policy.ANY,  # the API key ends any call as ended_by_host
-    "LeaveCall": Policy.SESSION,
-    "RefreshToken": Policy.SESSION,
+    "LeaveCall": Policy.IN_CALL,  # a session, or this call's guest session
+    "RefreshToken": Policy.IN_CALL,
     "ListRingingCalls": Policy.SESSION,
     "RingCall": Policy.SESSION,
     "RemoveParticipant": Policy.ANY,  # a group call's creator, or the API key
     "MuteParticipant": Policy.ANY,
+    "CreateCallLink": Policy.ANY,  # the call's creator, or the API key
+    "ListCallLinks": Policy.ANY,
+    "RevokeCallLink": Policy.ANY,
+    "CreateGuest": Policy.PUBLIC,  # the link token (gl_...) is checked by the handler
+    "AdmitGuest": Policy.ANY,  # the call's creator, a side of a 1:1 call, or the API key
+    "DenyGuest": Policy.ANY,
     "HandleLivekitWebhook": Policy.PUBLIC,  # LiveKit's signature is checked by the handler
 }
+
+GUEST_NAME_MAX = 64
 
 
 # A rule of a transition by an app user: the call, the user, the policy, the time.
@@ -67,9 +76,10 @@ def _call(request: Any) -> CallRef:
         validation.resource_id(request.room_id, "roomId"),
         validation.resource_id(request.call_id, "callId"),
     )
-    if principal.kind is Kind.RING and ref.call != principal.call_id:
-        # A ring token answers the one call it names: anything else, as if it were absent.
-        raise unauthenticated("this ring token is for another call")
+    if principal.kind in (Kind.RING, Kind.GUEST) and ref.call != principal.call_id:
+        # A ring token or a guest session acts in the one call it names: anything else,
+        # as if it were absent.
+        raise unauthenticated("this token is for another call")
     return ref
 
 
@@ -88,7 +98,19 @@ def _moderation(request: Any) -> tuple[CallRef, Actor]:
 def _on_participant(request: Any) -> tuple[CallRef, Actor, str]:
     """A moderation request about one participant: the call, who asks, and whom."""
     ref, actor = _moderation(request)
-    return ref, actor, validation.user_id(request.user_id)
+    return ref, actor, validation.participant_id(request.user_id)
+
+
+def _on_guest(request: Any) -> tuple[CallRef, Actor, str]:
+    """A request about one guest (by guest id): the call, who asks, and the guest."""
+    ref, actor = _moderation(request)
+    return ref, actor, domain.guest_user_id(validation.resource_id(request.guest_id, "guestId"))
+
+
+def _link(link: store.Link) -> pb.CallLink:
+    return pb.CallLink(
+        id=link.id, expires_at=timestamp(link.expires_at), max_uses=link.max_uses, uses=link.uses
+    )
 
 
 class CallService(pb_grpc.CallServiceServicer):
@@ -96,6 +118,7 @@ class CallService(pb_grpc.CallServiceServicer):
         self.calls = calls
         self.media = media
         self.settings = settings
+        self.guest_tokens = GuestTokens(settings.SESSION_SIGNING_KEY)
 
     def _livekit(self, applied: Applied, user_id: str) -> pb.LiveKitCredentials:
         call = applied.call
@@ -199,6 +222,79 @@ class CallService(pb_grpc.CallServiceServicer):
         ref, user = _caller(request)
         applied = await self.calls.token_holder(ref, user)
         return pb.RefreshTokenResponse(call=applied.message, livekit=self._livekit(applied, user))
+
+    async def CreateCallLink(
+        self, request: pb.CreateCallLinkRequest, context: Any
+    ) -> pb.CreateCallLinkResponse:
+        ref, actor = _moderation(request)
+        ttl = validation.int_range(
+            request.ttl_seconds if request.HasField("ttl_seconds") else 86400,
+            "ttlSeconds",
+            60,
+            604800,
+        )
+        uses = validation.int_range(
+            request.max_uses if request.HasField("max_uses") else 100, "maxUses", 1, 1000
+        )
+        link, token = await self.calls.make_link(ref, actor, ttl=ttl, max_uses=uses)
+        return pb.CreateCallLinkResponse(link=_link(link), token=token)
+
+    async def ListCallLinks(
+        self, request: pb.ListCallLinksRequest, context: Any
+    ) -> pb.ListCallLinksResponse:
+        ref, actor = _moderation(request)
+        return pb.ListCallLinksResponse(
+            links=[_link(link) for link in await self.calls.links(ref, actor)]
+        )
+
+    async def RevokeCallLink(
+        self, request: pb.RevokeCallLinkRequest, context: Any
+    ) -> pb.RevokeCallLinkResponse:
+        ref, actor = _moderation(request)
+        await self.calls.revoke_link(ref, actor, validation.resource_id(request.link_id, "linkId"))
+        return pb.RevokeCallLinkResponse()
+
+    async def CreateGuest(
+        self, request: pb.CreateGuestRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateGuestResponse:
+        """A guest knocks with a call link, presented as the bearer token."""
+        metadata = dict(context.invocation_metadata() or ())
+        scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
+        if scheme.lower() != "bearer" or not token.startswith(LINK_TOKEN_PREFIX):
+            raise unauthenticated("a guest knocks with a call link: Bearer gl_...")
+        name = request.name.strip()
+        if not 1 <= len(name) <= GUEST_NAME_MAX:
+            raise invalid("name", f"must be 1 to {GUEST_NAME_MAX} characters")
+        applied, guest, until = await self.calls.knock(token.strip(), name)
+        call = applied.call
+        session = self.guest_tokens.mint(
+            tenant_id=call.tenant_id,
+            call_id=call.id,
+            user_id=guest,
+            expires_at=int(until.timestamp()),
+        )
+        return pb.CreateGuestResponse(
+            guest_id=guest.removeprefix(domain.GUEST_PREFIX),
+            token=session,
+            expires_at=timestamp(until),
+            call=applied.message,
+        )
+
+    async def AdmitGuest(
+        self, request: pb.AdmitGuestRequest, context: Any
+    ) -> pb.AdmitGuestResponse:
+        ref, actor, guest = _on_guest(request)
+        applied = await self.calls.on_call(
+            ref, actor.user_id, lambda call, policy, _: domain.admit(call, actor, guest, policy)
+        )
+        return pb.AdmitGuestResponse(call=applied.message)
+
+    async def DenyGuest(self, request: pb.DenyGuestRequest, context: Any) -> pb.DenyGuestResponse:
+        ref, actor, guest = _on_guest(request)
+        applied = await self.calls.on_call(
+            ref, actor.user_id, lambda call, _, __: domain.deny(call, actor, guest)
+        )
+        return pb.DenyGuestResponse(call=applied.message)
 
     async def HandleLivekitWebhook(
         self, request: Any, context: grpc.aio.ServicerContext

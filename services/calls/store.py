@@ -64,7 +64,7 @@ Row = Mapping[str, Any]
 # joined as `t`) and whether the room is the tenant's.
 _HEAD = """now() AS now,
        t.calls_enabled, t.max_participants, t.ring_timeout_seconds AS policy_ring_timeout,
-       t.default_type, t.busy_policy,
+       t.default_type, t.busy_policy, t.guests_enabled, t.lobby,
        EXISTS (SELECT 1 FROM rooms WHERE id = %(room)s AND tenant_id = %(tenant)s)
          AS room_exists"""
 
@@ -198,11 +198,12 @@ upd AS (
 c AS (SELECT id FROM ins UNION ALL SELECT id FROM upd),
 p AS (
     INSERT INTO call_participants (call_id, tenant_id, user_id, state, joined_at, left_at,
-                                   ever_joined, ring_deadline)
+                                   ever_joined, ring_deadline, name)
     SELECT c.id, %(tenant_id)s, p.*
     FROM c, unnest(%(p_user_id)s::text[], %(p_state)s::text[],
                    %(p_joined_at)s::timestamptz[], %(p_left_at)s::timestamptz[],
-                   %(p_ever_joined)s::boolean[], %(p_ring_deadline)s::timestamptz[]) AS p
+                   %(p_ever_joined)s::boolean[], %(p_ring_deadline)s::timestamptz[],
+                   %(p_name)s::text[]) AS p
     ON CONFLICT (call_id, user_id) DO UPDATE SET state = excluded.state,
         joined_at = excluded.joined_at, left_at = excluded.left_at,
         ever_joined = excluded.ever_joined, ring_deadline = excluded.ring_deadline
@@ -266,13 +267,15 @@ SELECT p.* FROM call_participants p WHERE p.call_id = ANY(%(calls)s::text[])"""
 
 
 def _of_user(whose: str) -> str:
-    """A user's live calls in rooms the user is still a member of, with `whose` saying
-    which of the user's participations count."""
+    """A user's live calls in rooms the user is still a member of (a guest, who is no
+    member, has the one call of its link), with `whose` saying which of the user's
+    participations count."""
     return f"""
 SELECT now() AS now, c.* FROM calls c
 JOIN call_participants p ON p.call_id = c.id AND p.user_id = %(user)s AND {whose}
-JOIN room_members m ON m.room_id = c.room_id AND m.user_id = %(user)s
+LEFT JOIN room_members m ON m.room_id = c.room_id AND m.user_id = %(user)s
 WHERE c.tenant_id = %(tenant)s AND c.status IN ('ringing', 'active')
+  AND (m.user_id IS NOT NULL OR starts_with(p.user_id, 'guest:'))
 ORDER BY c.created_at"""
 
 
@@ -302,6 +305,39 @@ LIVE_MEDIA_ROOMS = """
 SELECT ARRAY(SELECT c.livekit_room FROM calls c
              WHERE c.livekit_room = ANY(%(rooms)s::text[])
                AND c.status IN ('ringing', 'active')) AS rooms"""
+
+# --- call links (guests knock with them) --------------------------------------------
+
+LINK_COLUMNS = "id, call_id, created_at, expires_at, max_uses, uses"
+
+INSERT_LINK = f"""
+INSERT INTO call_links (id, tenant_id, call_id, room_id, secret_hash, created_by, expires_at,
+                        max_uses)
+VALUES (%(link)s, %(tenant)s, %(call)s, %(room)s, %(secret_hash)s, %(created_by)s,
+        now() + make_interval(secs => %(ttl)s), %(max_uses)s)
+RETURNING {LINK_COLUMNS}"""
+
+# A call's links that still work, newest first.
+LIST_LINKS = f"""
+SELECT {LINK_COLUMNS} FROM call_links
+WHERE call_id = %(call)s AND revoked_at IS NULL AND expires_at > now() AND uses < max_uses
+ORDER BY created_at DESC, id"""
+
+REVOKE_LINK = """
+UPDATE call_links SET revoked_at = coalesce(revoked_at, now())
+WHERE id = %(link)s AND call_id = %(call)s
+RETURNING id"""
+
+# One use of a link, if it still works: counted atomically (the row lock serializes
+# concurrent redemptions, so `uses` never passes `max_uses`), in the transaction that
+# then locks the call and adds the guest, so a knock refused later counts no use. Lock
+# order: the link's row, then the call's (services/calls/locks.py).
+REDEEM_LINK = """
+UPDATE call_links SET uses = uses + 1
+WHERE id = %(link)s AND secret_hash = %(secret_hash)s AND revoked_at IS NULL
+  AND expires_at > now() AND uses < max_uses
+RETURNING tenant_id, room_id, call_id, expires_at"""
+
 
 STATEMENTS: dict[str, str] = {
     "LOCK_CALL": LOCK_CALL,
@@ -334,6 +370,10 @@ STATEMENTS: dict[str, str] = {
     "PENDING_CLEANUPS": PENDING_CLEANUPS,
     "CLEANED": CLEANED,
     "LIVE_MEDIA_ROOMS": LIVE_MEDIA_ROOMS,
+    "INSERT_LINK": INSERT_LINK,
+    "LIST_LINKS": LIST_LINKS,
+    "REVOKE_LINK": REVOKE_LINK,
+    "REDEEM_LINK": REDEEM_LINK,
 }
 
 
@@ -403,6 +443,8 @@ def _policy(row: Row) -> CallPolicy | None:
         ring_timeout_seconds=row["policy_ring_timeout"],
         default_type=row["default_type"],
         busy_policy=row["busy_policy"],
+        guests_enabled=row["guests_enabled"],
+        lobby=row["lobby"],
     )
 
 
@@ -558,6 +600,65 @@ async def pending_cleanups(
 
 async def live_media_rooms(conn: AsyncConnection[Any], rooms: list[str]) -> set[str]:
     return set((await _one(conn, LIVE_MEDIA_ROOMS, {"rooms": rooms}))["rooms"])
+
+
+@dataclass(frozen=True)
+class Link:
+    id: str
+    call_id: str
+    created_at: datetime
+    expires_at: datetime
+    max_uses: int
+    uses: int
+
+
+@dataclass(frozen=True)
+class Redeemed:
+    """A link's use: the call it is for and when the link expires."""
+
+    tenant_id: str
+    room_id: str
+    call_id: str
+    expires_at: datetime
+
+
+async def insert_link(
+    conn: AsyncConnection[Any],
+    *,
+    link: str,
+    call: Call,
+    secret_hash: str,
+    created_by: str | None,
+    ttl: int,
+    max_uses: int,
+) -> Link:
+    params = {
+        "link": link,
+        "tenant": call.tenant_id,
+        "call": call.id,
+        "room": call.room_id,
+        "secret_hash": secret_hash,
+        "created_by": created_by,
+        "ttl": ttl,
+        "max_uses": max_uses,
+    }
+    return Link(**(await _one(conn, INSERT_LINK, params)))
+
+
+async def live_links(conn: AsyncConnection[Any], call_id: str) -> list[Link]:
+    return [Link(**row) for row in await _all(conn, LIST_LINKS, {"call": call_id})]
+
+
+async def revoke_link(conn: AsyncConnection[Any], *, call_id: str, link: str) -> bool:
+    """True when the call has that link (revoked now or before)."""
+    return bool(await _all(conn, REVOKE_LINK, {"call": call_id, "link": link}))
+
+
+async def redeem_link(
+    conn: AsyncConnection[Any], *, link: str, secret_hash: str
+) -> Redeemed | None:
+    rows = await _all(conn, REDEEM_LINK, {"link": link, "secret_hash": secret_hash})
+    return Redeemed(**rows[0]) if rows else None
 
 
 # --- writes ---------------------------------------------------------------------------

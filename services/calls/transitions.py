@@ -6,6 +6,7 @@ lock or delays the response. Lock order: `locks.py`."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -22,8 +23,8 @@ from services.calls.convert import call_to_pb
 from services.calls.domain import Actor, Call, CallPolicy, CallRef, Change, RoomRef
 from services.calls.effects import CallEffects
 from services.calls.media import MediaSignal
-from services.common.auth import RingTokens
-from services.common.errors import UNAVAILABLE
+from services.common.auth import LINK_TOKEN_PREFIX, RingTokens, hash_secret
+from services.common.errors import UNAVAILABLE, not_found, unauthenticated
 from services.common.logging import call_id_var
 from services.common.models import new_id
 from services.common.rate_limit import TokenBuckets, rate_limited
@@ -48,6 +49,27 @@ class Applied:
     message: pb.Call
 
 
+LINK_INVALID = unauthenticated(
+    "this link does not work (revoked, expired, used up, or its call is over)",
+    reason="LINK_INVALID",
+)
+
+
+def parse_link_token(token: str) -> tuple[str, str] | None:
+    """(link id, secret) of a well-formed link token, else None."""
+    link_id, sep, secret = token.removeprefix(LINK_TOKEN_PREFIX).rpartition("_")
+    if not token.startswith(LINK_TOKEN_PREFIX) or not sep or not link_id or not secret:
+        return None
+    return link_id, secret
+
+
+def _member(loaded: store.Loaded, user: str | None) -> bool:
+    """Whether the caller may act in the room: a member, the tenant (None), or a guest
+    (guests are not members; the service admits a guest's token for its own call only,
+    and each rule checks the guest is that call's participant)."""
+    return loaded.is_member or user is None or domain.is_guest(user)
+
+
 class CallTransitions:
     def __init__(
         self,
@@ -55,12 +77,14 @@ class CallTransitions:
         effects: CallEffects,
         ring_tokens: RingTokens,
         event_bytes: TokenBuckets,
+        link_knocks: TokenBuckets,
         media_grace: timedelta = timedelta(seconds=60),
     ) -> None:
         self.pool = pool
         self.effects = effects
         self.ring_tokens = ring_tokens
         self.event_bytes = event_bytes  # per tenant (services/common/rate_limit.py)
+        self.link_knocks = link_knocks  # per link: a leaked link cannot flood a host
         self.media_grace = media_grace
 
     @classmethod
@@ -75,6 +99,7 @@ class CallTransitions:
             effects,
             RingTokens(settings.SESSION_SIGNING_KEY),
             TokenBuckets(settings.EVENT_BYTES_PER_SECOND, settings.EVENT_BYTES_BURST),
+            TokenBuckets(settings.GUEST_KNOCKS_PER_SECOND, settings.GUEST_KNOCKS_BURST),
             timedelta(seconds=settings.CALL_MEDIA_GRACE_SECONDS),
         )
 
@@ -154,13 +179,14 @@ class CallTransitions:
 
     async def _read(self, ref: CallRef, user: str | None) -> Call:
         """A live call of the room, read without a lock, for a room member (None: the
-        tenant), with the tenant's calls enabled."""
+        tenant; a guest: of this call, as the service checked), with the tenant's calls
+        enabled."""
         async with self.pool.connection() as conn:
             loaded = await store.load(
                 conn, tenant=ref.tenant, room=ref.room, call=ref.call, user=user or "", lock=False
             )
         self.policy(loaded.policy)
-        domain.require_member(loaded.room_exists, loaded.is_member or user is None)
+        domain.require_member(loaded.room_exists, _member(loaded, user))
         found = domain.require_live(loaded.call)
         call_id_var.set(found.id)
         return found
@@ -257,7 +283,7 @@ class CallTransitions:
                 conn, tenant=ref.tenant, room=ref.room, call=ref.call, user=user or "", lock=True
             )
             policy = self.policy(loaded.policy, enabled=enabled)
-            domain.require_member(loaded.room_exists, loaded.is_member or user is None)
+            domain.require_member(loaded.room_exists, _member(loaded, user))
             before = domain.require_live(loaded.call)
             call_id_var.set(before.id)
             yield conn, before, policy, loaded.now
@@ -294,6 +320,71 @@ class CallTransitions:
         domain.mute_target(found, actor, target)
         await self.effects.media.mute(found.livekit_room, target, kind)
         return Applied(found, call_to_pb(found))
+
+    # --- guests and the lobby -----------------------------------------------------------
+
+    async def make_link(
+        self, ref: CallRef, actor: Actor, *, ttl: int, max_uses: int
+    ) -> tuple[store.Link, str]:
+        """A link to the call for guests, and its token (`gl_<link id>_<secret>`, only
+        its hash is kept), made under the call's lock while the call is live."""
+        async with self._locked(ref, actor.user_id) as (conn, call, policy, _):
+            domain.require_guests(policy)
+            domain.require_link_maker(call, actor)
+            link_id, secret = new_id("link"), secrets.token_hex(32)
+            link = await store.insert_link(
+                conn,
+                link=link_id,
+                call=call,
+                secret_hash=hash_secret(secret),
+                created_by=actor.user_id,
+                ttl=ttl,
+                max_uses=max_uses,
+            )
+        return link, f"{LINK_TOKEN_PREFIX}{link_id}_{secret}"
+
+    async def links(self, ref: CallRef, actor: Actor) -> list[store.Link]:
+        call = await self._read(ref, actor.user_id)
+        domain.require_link_maker(call, actor)
+        async with self.pool.connection() as conn:
+            return await store.live_links(conn, call.id)
+
+    async def revoke_link(self, ref: CallRef, actor: Actor, link_id: str) -> None:
+        call = await self._read(ref, actor.user_id)
+        domain.require_link_maker(call, actor)
+        async with self.pool.connection() as conn:
+            if not await store.revoke_link(conn, call_id=call.id, link=link_id):
+                raise not_found("LINK_NOT_FOUND", "this call has no such link")
+
+    async def knock(self, link_token: str, name: str) -> tuple[Applied, str, datetime]:
+        """A guest redeems a link: one use of it, counted in the transaction that adds the
+        guest to the call (a knock refused later counts no use). The guest's id, and when
+        the link expires (the guest session's end)."""
+        parsed = parse_link_token(link_token)
+        if parsed is None:
+            raise LINK_INVALID
+        link_id, secret = parsed
+        if not self.link_knocks.take(link_id):
+            raise rate_limited("link")
+        guest = domain.guest_user_id(new_id("gst"))
+        async with self.transaction() as conn:
+            link = await store.redeem_link(conn, link=link_id, secret_hash=hash_secret(secret))
+            if link is None:
+                raise LINK_INVALID
+            loaded = await store.load(
+                conn,
+                tenant=link.tenant_id,
+                room=link.room_id,
+                call=link.call_id,
+                user="",
+                lock=True,
+            )
+            if loaded.call is None or not loaded.call.live:
+                raise LINK_INVALID  # a link dies with its call
+            call_id_var.set(loaded.call.id)
+            change = domain.knock(loaded.call, guest, name, self.policy(loaded.policy))
+            applied = await self._changed(conn, loaded.call, change, loaded.now)
+        return self._finish(loaded.call, change, applied), guest, link.expires_at
 
     # --- driven by LiveKit and by room membership ------------------------------------
 

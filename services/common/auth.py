@@ -24,6 +24,7 @@ class Kind(Enum):
     API_KEY = "api_key"
     SESSION = "session"
     RING = "ring"  # a ring token: answers (accepts or declines) one call as one user
+    GUEST = "guest"  # a guest session: takes part in one call (through its link)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Policy(Enum):
     API_KEY = "api_key"
     SESSION = "session"
     ANSWER = "answer"  # a session, or a ring token of the call (checked by the RPC)
+    JOIN = "join"  # ANSWER, or a guest session of the call (accept)
+    IN_CALL = "in_call"  # a session, or a guest session of the call (leave, token)
     ANY = "any"  # an API key or a session
 
 
@@ -169,65 +172,108 @@ def check_policy(policy: Policy, principal: Principal | None) -> None:
         return
     if principal is None:
         raise unauthenticated()
-    if principal.kind is Kind.RING and policy is not Policy.ANSWER:
+    if principal.kind is Kind.RING and policy not in (Policy.ANSWER, Policy.JOIN):
         # Not a credential for anything else: as if none had been given.
         raise unauthenticated("a ring token only accepts or declines its call")
+    if principal.kind is Kind.GUEST and policy not in (Policy.JOIN, Policy.IN_CALL):
+        raise unauthenticated("a guest token only accepts, leaves or renews its call's media")
     if policy is Policy.API_KEY and principal.kind is not Kind.API_KEY:
         raise forbidden("API_KEY_REQUIRED", "this call needs the tenant's API key")
-    if policy in (Policy.SESSION, Policy.ANSWER) and principal.kind is Kind.API_KEY:
+    if policy not in (Policy.ANY, Policy.API_KEY) and principal.kind is Kind.API_KEY:
         raise forbidden("SESSION_REQUIRED", "this call needs an app user's session token")
 
 
-# --- ring tokens --------------------------------------------------------------
+# --- tokens scoped to one call: ring tokens and guest sessions --------------------------
 
-# rt_<JWT>: the prefix tells them from session tokens without decoding anything.
+# rt_<JWT>, gt_<JWT>: the prefix tells them from session tokens without decoding anything.
 RING_TOKEN_PREFIX = "rt_"
-RING_AUDIENCE = "sendsar-ring"
+GUEST_TOKEN_PREFIX = "gt_"
+# gl_<link id>_<secret>: a call link guests knock with (only the secret's hash is stored;
+# services/calls/transitions.py redeems it).
+LINK_TOKEN_PREFIX = "gl_"
 
 
-class RingTokens:
-    """Ring tokens: what a VoIP push carries so that an app without a session yet can
-    accept or decline the one call that rings (shared/DESIGN.md, "Ringing done right").
+class CallTokens:
+    """Tokens that act in one call as one user, signed with a key derived from the session
+    signing key (no new secret to deploy and rotate) and a label of their own, so no kind
+    of token can pass for another even if a check were missed (another key, another
+    audience, the prefix):
 
-    Signed with a key derived from the session signing key, so no new secret to deploy
-    and rotate, and neither kind of token can pass for the other even if a check were
-    missed (different key, different audience, the prefix)."""
+    - ring tokens (`RingTokens`): what a VoIP push carries so that an app without a
+      session yet can accept or decline the one call that rings (shared/DESIGN.md,
+      "Ringing done right");
+    - guest sessions (`GuestTokens`): a guest's credential for the one call whose link
+      they knocked with ("Guests and the lobby")."""
+
+    prefix: str
+    audience: str
+    label: bytes
+    kind: Kind
+    what: str
 
     def __init__(self, session_signing_key: str) -> None:
-        self._key = hmac.new(
-            session_signing_key.encode(), b"sendsar ring tokens v1", hashlib.sha256
-        ).hexdigest()
+        self._key = hmac.new(session_signing_key.encode(), self.label, hashlib.sha256).hexdigest()
 
     def mint(self, *, tenant_id: str, call_id: str, user_id: str, expires_at: int) -> str:
         claims = {
             "iss": SESSION_ISSUER,
-            "aud": RING_AUDIENCE,
+            "aud": self.audience,
             "tid": tenant_id,
             "cid": call_id,
             "sub": user_id,
-            "exp": expires_at,  # the ring's deadline: the token dies with the ring
+            "exp": expires_at,
         }
-        return RING_TOKEN_PREFIX + jwt.encode(claims, self._key, algorithm=SESSION_ALGORITHM)
+        return self.prefix + jwt.encode(claims, self._key, algorithm=SESSION_ALGORITHM)
 
     def verify(self, token: str) -> Principal:
         try:
             claims = jwt.decode(
-                token.removeprefix(RING_TOKEN_PREFIX),
+                token.removeprefix(self.prefix),
                 self._key,
                 algorithms=[SESSION_ALGORITHM],
-                audience=RING_AUDIENCE,
+                audience=self.audience,
                 issuer=SESSION_ISSUER,
                 options={"require": ["exp", "sub", "aud", "iss"]},
             )
         except jwt.ExpiredSignatureError:
-            raise unauthenticated("ring token expired: the ring is over") from None
+            raise unauthenticated(f"{self.what} expired") from None
         except jwt.InvalidTokenError:
-            raise unauthenticated("invalid ring token") from None
+            raise unauthenticated(f"invalid {self.what}") from None
         ids = (claims.get("tid"), claims.get("sub"), claims.get("cid"))
         if not all(isinstance(i, str) and i for i in ids):
-            raise unauthenticated("invalid ring token")
+            raise unauthenticated(f"invalid {self.what}")
         tenant_id, user_id, call_id = (str(i) for i in ids)
-        return Principal(tenant_id=tenant_id, kind=Kind.RING, user_id=user_id, call_id=call_id)
+        return Principal(tenant_id=tenant_id, kind=self.kind, user_id=user_id, call_id=call_id)
+
+
+def verify_socket_token(token: str, signing_key: str) -> Principal:
+    """Who a Socket.IO connection is: an app user's session, or a guest session (whose
+    socket then hears its one call, the only one it takes part in)."""
+    if token.startswith(GUEST_TOKEN_PREFIX):
+        return GuestTokens(signing_key).verify(token)
+    return verify_session(token, signing_key)
+
+
+def token_expiry(token: str) -> float:
+    """When a token that verified expires (its `exp`, read without checking again)."""
+    for prefix in (GUEST_TOKEN_PREFIX, RING_TOKEN_PREFIX):
+        token = token.removeprefix(prefix)
+    return float(jwt.decode(token, options={"verify_signature": False})["exp"])
+
+
+class RingTokens(CallTokens):
+    """Expire at the ring's deadline; answer only while the ring is live (checked against
+    the call by the RPC)."""
+
+    prefix, audience, label = RING_TOKEN_PREFIX, "sendsar-ring", b"sendsar ring tokens v1"
+    kind, what = Kind.RING, "ring token"
+
+
+class GuestTokens(CallTokens):
+    """Expire with the link the guest knocked with; their user is "guest:<guestId>"."""
+
+    prefix, audience, label = GUEST_TOKEN_PREFIX, "sendsar-guest", b"sendsar guest tokens v1"
+    kind, what = Kind.GUEST, "guest token"
 
 
 __all__ = ["Principal", "ServiceError"]

@@ -63,8 +63,10 @@ def invalid(field: str, description: str, reason: str = "INVALID_ARGUMENT") -> S
     )
 
 
-def unauthenticated(message: str = "missing or invalid credentials") -> ServiceError:
-    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", message)
+def unauthenticated(
+    message: str = "missing or invalid credentials", reason: str = "UNAUTHENTICATED"
+) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, reason, message)
 
 
 def forbidden(reason: str, message: str) -> ServiceError:

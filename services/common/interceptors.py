@@ -59,6 +59,7 @@ class Authenticator:
         self.engine = engine
         self.signing_key = signing_key
         self.ring_tokens = auth.RingTokens(signing_key)
+        self.guest_tokens = auth.GuestTokens(signing_key)
         self._cache: dict[str, tuple[float, str, str]] = {}  # key id -> (until, tenant, hash)
         self._touched: dict[str, float] = {}
         self._listening = False
@@ -87,6 +88,10 @@ class Authenticator:
             return await self._api_key(credential)
         if credential.startswith(auth.RING_TOKEN_PREFIX):
             return self.ring_tokens.verify(credential)
+        if credential.startswith(auth.GUEST_TOKEN_PREFIX):
+            return self.guest_tokens.verify(credential)
+        if credential.startswith(auth.LINK_TOKEN_PREFIX):
+            return None  # a call link: only the RPC that redeems it (public) reads it
         return auth.verify_session(credential, self.signing_key)
 
     async def _api_key(self, credential: str) -> auth.Principal:

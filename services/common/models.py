@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    Integer,
     LargeBinary,
     SmallInteger,
     String,
@@ -60,6 +61,7 @@ class Tenant(SQLModel, table=True):
     __tablename__ = "tenants"
     __table_args__ = (
         CheckConstraint("busy_policy IN ('ring', 'reject')", name="ck_tenants_busy_policy"),
+        CheckConstraint("lobby IN ('host', 'off')", name="ck_tenants_lobby"),
     )
 
     id: str = Field(primary_key=True)
@@ -72,6 +74,14 @@ class Tenant(SQLModel, table=True):
     # A 1:1 callee already joined in another live call: "ring" (call waiting) or "reject".
     busy_policy: str = Field(
         default="ring", sa_column=Column(String, nullable=False, server_default="ring")
+    )
+    # Guests (people outside the tenant's app) may join calls through links.
+    guests_enabled: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
+    )
+    # "host": guests wait in the lobby until admitted; "off": they join at once.
+    lobby: str = Field(
+        default="host", sa_column=Column(String, nullable=False, server_default="host")
     )
 
 
@@ -217,6 +227,30 @@ class CallParticipant(SQLModel, table=True):
     ever_joined: bool = False
     # Set while this participant's devices ring (cleared when the ring stops).
     ring_deadline: datetime | None = _ts(nullable=True)
+    # A guest's name, as they gave it (guests' user ids are "guest:<id>").
+    name: str | None = None
+
+
+class CallLink(SQLModel, table=True):
+    """A link guests knock on a call with: `gl_<id>_<secret>`, stored hashed."""
+
+    __tablename__ = "call_links"
+    __table_args__ = (
+        CheckConstraint("uses <= max_uses", name="ck_call_links_uses"),
+        Index("ix_call_links_call", "call_id"),
+    )
+
+    id: str = Field(primary_key=True)
+    tenant_id: str
+    call_id: str = Field(sa_column=Column(String, ForeignKey("calls.id"), nullable=False))
+    room_id: str
+    secret_hash: str
+    created_by: str | None = None  # the user who made it; None: the tenant's API key
+    created_at: datetime | None = _ts(default_now=True)
+    expires_at: datetime | None = _ts()
+    max_uses: int
+    uses: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    revoked_at: datetime | None = _ts(nullable=True)
 
 
 class OutboxEvent(SQLModel, table=True):

@@ -198,6 +198,9 @@ class Settings(BaseSettings):
     # largest start (a 1,000-member group's: about 0.5 MiB).
     EVENT_BYTES_PER_SECOND: float = Field(default=1024 * 1024, gt=0)
     EVENT_BYTES_BURST: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
+    # Guests knocking with one call link, per replica: a leaked link cannot flood a host.
+    GUEST_KNOCKS_PER_SECOND: float = Field(default=0.5, gt=0)
+    GUEST_KNOCKS_BURST: int = Field(default=20, ge=1)
 
     @model_validator(mode="before")
     @classmethod

@@ -19,12 +19,26 @@ _RESOURCE_ID = re.compile(r"[a-z]{2,4}_[0-9a-f]{32}")
 CALL_TYPES = ("audio", "video")
 # A 1:1 callee already in a live call: rings anyway (call waiting), or the call ends "busy".
 BUSY_POLICIES = ("ring", "reject")
+# Guests knocking: wait in the lobby until admitted ("host"), or join at once ("off").
+LOBBIES = ("host", "off")
+# Guests' participant ids; no app user id may look like one.
+GUEST_PREFIX = "guest:"
 
 
 def user_id(value: str, field: str = "userId") -> str:
     if not _USER_ID.fullmatch(value):
         raise invalid(field, "must be 1-128 characters of letters, digits and . _ : @ -")
+    if value.startswith(GUEST_PREFIX):
+        raise invalid(field, f"must not start with '{GUEST_PREFIX}' (guests' ids do)")
     return value
+
+
+def participant_id(value: str, field: str = "userId") -> str:
+    """A call participant: an app user's id, or a guest's ("guest:<guestId>")."""
+    if value.startswith(GUEST_PREFIX):
+        resource_id(value.removeprefix(GUEST_PREFIX), field)
+        return value
+    return user_id(value, field)
 
 
 def user_ids(values: Sequence[str], field: str, *, most: int) -> list[str]:

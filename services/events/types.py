@@ -11,6 +11,9 @@ MISSED = "call.missed"
 PARTICIPANT_JOINED = "call.participant_joined"
 PARTICIPANT_LEFT = "call.participant_left"
 RING_STOPPED = "call.ring_stopped"
+KNOCK = "call.knock"  # a guest waits in the lobby
+ADMITTED = "call.admitted"  # a guest was let in
+DENIED = "call.denied"  # a guest was turned away
 
 ALL = (
     INVITE,
@@ -22,6 +25,9 @@ ALL = (
     PARTICIPANT_JOINED,
     PARTICIPANT_LEFT,
     RING_STOPPED,
+    KNOCK,
+    ADMITTED,
+    DENIED,
 )
 
 STREAM = "SENDSAR_CALLS"

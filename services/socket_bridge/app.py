@@ -27,14 +27,13 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
 import socketio
 from google.protobuf import json_format
 from prometheus_client import Counter, Gauge, make_asgi_app
 from sendsar.calls.v1 import events_pb2
 
 from services.calls.queries import live_calls
-from services.common.auth import verify_session
+from services.common.auth import token_expiry, verify_socket_token
 from services.common.db import create_engine
 from services.common.errors import ServiceError
 from services.common.logging import log_fields
@@ -132,7 +131,7 @@ class Bridge:
         if not isinstance(token, str) or not token:
             raise refusal("UNAUTHENTICATED", "auth.token (a session token) is required")
         try:
-            principal = verify_session(token, self.settings.SESSION_SIGNING_KEY)
+            principal = verify_socket_token(token, self.settings.SESSION_SIGNING_KEY)
         except ServiceError as err:  # invalid or expired; the reason never names which key
             raise refusal("UNAUTHENTICATED", err.message) from None
         user_id = principal.user_id
@@ -147,7 +146,7 @@ class Bridge:
         if self.per_tenant[tenant_id] >= self.settings.SOCKETS_MAX_PER_TENANT:
             raise refusal("TOO_MANY_SOCKETS", "the tenant's socket limit is reached")
         # Verified above: exp is there and valid.
-        expires_at = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+        expires_at = token_expiry(token)
         sock = Socket(tenant_id, user_id, expires_at)
         self.sockets[sid] = sock
         self.syncing.add(sid)

@@ -49,6 +49,8 @@ _SETTINGS_COLUMNS: tuple[Any, ...] = (
     TENANTS.c.ring_timeout_seconds,
     TENANTS.c.default_type,
     TENANTS.c.busy_policy,
+    TENANTS.c.guests_enabled,
+    TENANTS.c.lobby,
 )
 
 

@@ -61,6 +61,8 @@ def _call_settings(row: Row[Any]) -> pb.CallSettings:
         ring_timeout_seconds=row.ring_timeout_seconds,
         default_type=row.default_type,
         busy_policy=row.busy_policy,
+        guests_enabled=row.guests_enabled,
+        lobby=row.lobby,
     )
 
 
@@ -83,6 +85,10 @@ def settings_changes(update: pb.CallSettingsUpdate) -> dict[str, Any]:
         changes["busy_policy"] = validation.one_of(
             update.busy_policy, "calls.busyPolicy", validation.BUSY_POLICIES
         )
+    if update.HasField("guests_enabled"):
+        changes["guests_enabled"] = update.guests_enabled
+    if update.HasField("lobby"):
+        changes["lobby"] = validation.one_of(update.lobby, "calls.lobby", validation.LOBBIES)
     return changes
 
 

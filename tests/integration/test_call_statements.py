@@ -54,6 +54,11 @@ PARAMS: dict[str, Any] = {
     "rooms": ["call_x"],
     "settle": 10.0,
     "key": 1,
+    "link": "link_x",
+    "secret_hash": "h",
+    "created_by": "alice",
+    "ttl": 60,
+    "max_uses": 5,
     **store.write_params(_WRITE),
 }
 

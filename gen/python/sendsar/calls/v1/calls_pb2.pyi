@@ -16,16 +16,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Participant(_message.Message):
-    __slots__ = ("user_id", "state", "joined_at", "left_at")
+    __slots__ = ("user_id", "state", "joined_at", "left_at", "guest", "name")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     JOINED_AT_FIELD_NUMBER: _ClassVar[int]
     LEFT_AT_FIELD_NUMBER: _ClassVar[int]
+    GUEST_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     state: str
     joined_at: _timestamp_pb2.Timestamp
     left_at: _timestamp_pb2.Timestamp
-    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[str] = ..., joined_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., left_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    guest: bool
+    name: str
+    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[str] = ..., joined_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., left_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., guest: _Optional[bool] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Call(_message.Message):
     __slots__ = ("id", "room_id", "type", "mode", "status", "created_by", "created_at", "answered_at", "ended_at", "end_reason", "ring_timeout_seconds", "participants", "custom")
@@ -250,6 +254,116 @@ class RingCallRequest(_message.Message):
     def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RingCallResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+
+class CallLink(_message.Message):
+    __slots__ = ("id", "expires_at", "max_uses", "uses")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    expires_at: _timestamp_pb2.Timestamp
+    max_uses: int
+    uses: int
+    def __init__(self, id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ...) -> None: ...
+
+class CreateCallLinkRequest(_message.Message):
+    __slots__ = ("room_id", "call_id", "ttl_seconds", "max_uses")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    ttl_seconds: int
+    max_uses: int
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., max_uses: _Optional[int] = ...) -> None: ...
+
+class CreateCallLinkResponse(_message.Message):
+    __slots__ = ("link", "token")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    link: CallLink
+    token: str
+    def __init__(self, link: _Optional[_Union[CallLink, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class ListCallLinksRequest(_message.Message):
+    __slots__ = ("room_id", "call_id")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ...) -> None: ...
+
+class ListCallLinksResponse(_message.Message):
+    __slots__ = ("links",)
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    links: _containers.RepeatedCompositeFieldContainer[CallLink]
+    def __init__(self, links: _Optional[_Iterable[_Union[CallLink, _Mapping]]] = ...) -> None: ...
+
+class RevokeCallLinkRequest(_message.Message):
+    __slots__ = ("room_id", "call_id", "link_id")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    LINK_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    link_id: str
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ..., link_id: _Optional[str] = ...) -> None: ...
+
+class RevokeCallLinkResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CreateGuestRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CreateGuestResponse(_message.Message):
+    __slots__ = ("guest_id", "token", "expires_at", "call")
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    guest_id: str
+    token: str
+    expires_at: _timestamp_pb2.Timestamp
+    call: Call
+    def __init__(self, guest_id: _Optional[str] = ..., token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+
+class AdmitGuestRequest(_message.Message):
+    __slots__ = ("room_id", "call_id", "guest_id")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    guest_id: str
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ..., guest_id: _Optional[str] = ...) -> None: ...
+
+class AdmitGuestResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+
+class DenyGuestRequest(_message.Message):
+    __slots__ = ("room_id", "call_id", "guest_id")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    call_id: str
+    guest_id: str
+    def __init__(self, room_id: _Optional[str] = ..., call_id: _Optional[str] = ..., guest_id: _Optional[str] = ...) -> None: ...
+
+class DenyGuestResponse(_message.Message):
     __slots__ = ("call",)
     CALL_FIELD_NUMBER: _ClassVar[int]
     call: Call

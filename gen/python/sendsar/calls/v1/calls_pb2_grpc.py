@@ -94,6 +94,36 @@ class CallServiceStub:
                 request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallRequest.SerializeToString,
                 response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallResponse.FromString,
                 _registered_method=True)
+        self.CreateCallLink = channel.unary_unary(
+                '/sendsar.calls.v1.CallService/CreateCallLink',
+                request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateCallLinkRequest.SerializeToString,
+                response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateCallLinkResponse.FromString,
+                _registered_method=True)
+        self.ListCallLinks = channel.unary_unary(
+                '/sendsar.calls.v1.CallService/ListCallLinks',
+                request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.ListCallLinksRequest.SerializeToString,
+                response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.ListCallLinksResponse.FromString,
+                _registered_method=True)
+        self.RevokeCallLink = channel.unary_unary(
+                '/sendsar.calls.v1.CallService/RevokeCallLink',
+                request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RevokeCallLinkRequest.SerializeToString,
+                response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RevokeCallLinkResponse.FromString,
+                _registered_method=True)
+        self.CreateGuest = channel.unary_unary(
+                '/sendsar.calls.v1.CallService/CreateGuest',
+                request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateGuestRequest.SerializeToString,
+                response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateGuestResponse.FromString,
+                _registered_method=True)
+        self.AdmitGuest = channel.unary_unary(
+                '/sendsar.calls.v1.CallService/AdmitGuest',
+                request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.AdmitGuestRequest.SerializeToString,
+                response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.AdmitGuestResponse.FromString,
+                _registered_method=True)
+        self.DenyGuest = channel.unary_unary(
+                '/sendsar.calls.v1.CallService/DenyGuest',
+                request_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.DenyGuestRequest.SerializeToString,
+                response_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.DenyGuestResponse.FromString,
+                _registered_method=True)
         self.HandleLivekitWebhook = channel.unary_unary(
                 '/sendsar.calls.v1.CallService/HandleLivekitWebhook',
                 request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
@@ -190,6 +220,53 @@ class CallServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCallLink(self, request, context):
+        """A link guests (people outside the tenant's app) knock on this call with.
+        The call's creator while joined in it, or the tenant's API key; the
+        token is shown only here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCallLinks(self, request, context):
+        """The call's links that still work (not revoked, expired or used up).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCallLink(self, request, context):
+        """Revokes a link at once (again: no change).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateGuest(self, request, context):
+        """A guest knocks with a link ("Authorization: Bearer gl_..."): a guest
+        session scoped to the link's call, and the guest waits in its lobby (or
+        is let in at once when the tenant's lobby is off).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdmitGuest(self, request, context):
+        """Lets a waiting guest in: they may then accept the call. The call's
+        creator, either side of a 1:1 call (joined), or the API key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyGuest(self, request, context):
+        """Turns a guest away for good (same callers as AdmitGuest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def HandleLivekitWebhook(self, request, context):
         """LiveKit's signed webhooks; the raw body is needed to check the signature.
         """
@@ -254,6 +331,36 @@ def add_CallServiceServicer_to_server(servicer, server):
                     servicer.RingCall,
                     request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallRequest.FromString,
                     response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallResponse.SerializeToString,
+            ),
+            'CreateCallLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCallLink,
+                    request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateCallLinkRequest.FromString,
+                    response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateCallLinkResponse.SerializeToString,
+            ),
+            'ListCallLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCallLinks,
+                    request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.ListCallLinksRequest.FromString,
+                    response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.ListCallLinksResponse.SerializeToString,
+            ),
+            'RevokeCallLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCallLink,
+                    request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RevokeCallLinkRequest.FromString,
+                    response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.RevokeCallLinkResponse.SerializeToString,
+            ),
+            'CreateGuest': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGuest,
+                    request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateGuestRequest.FromString,
+                    response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateGuestResponse.SerializeToString,
+            ),
+            'AdmitGuest': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdmitGuest,
+                    request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.AdmitGuestRequest.FromString,
+                    response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.AdmitGuestResponse.SerializeToString,
+            ),
+            'DenyGuest': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyGuest,
+                    request_deserializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.DenyGuestRequest.FromString,
+                    response_serializer=sendsar_dot_calls_dot_v1_dot_calls__pb2.DenyGuestResponse.SerializeToString,
             ),
             'HandleLivekitWebhook': grpc.unary_unary_rpc_method_handler(
                     servicer.HandleLivekitWebhook,
@@ -561,6 +668,168 @@ class CallService:
             '/sendsar.calls.v1.CallService/RingCall',
             sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallRequest.SerializeToString,
             sendsar_dot_calls_dot_v1_dot_calls__pb2.RingCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCallLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.calls.v1.CallService/CreateCallLink',
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateCallLinkRequest.SerializeToString,
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateCallLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCallLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.calls.v1.CallService/ListCallLinks',
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.ListCallLinksRequest.SerializeToString,
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.ListCallLinksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCallLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.calls.v1.CallService/RevokeCallLink',
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.RevokeCallLinkRequest.SerializeToString,
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.RevokeCallLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGuest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.calls.v1.CallService/CreateGuest',
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateGuestRequest.SerializeToString,
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.CreateGuestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdmitGuest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.calls.v1.CallService/AdmitGuest',
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.AdmitGuestRequest.SerializeToString,
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.AdmitGuestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyGuest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.calls.v1.CallService/DenyGuest',
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.DenyGuestRequest.SerializeToString,
+            sendsar_dot_calls_dot_v1_dot_calls__pb2.DenyGuestResponse.FromString,
             options,
             channel_credentials,
             insecure,

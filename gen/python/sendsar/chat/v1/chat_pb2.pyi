@@ -100,7 +100,7 @@ class Part(_message.Message):
     def __init__(self, type: _Optional[str] = ..., text: _Optional[str] = ..., data: _Optional[_Union[CallRecord, _Mapping]] = ...) -> None: ...
 
 class CallRecord(_message.Message):
-    __slots__ = ("call_id", "type", "mode", "outcome", "end_reason", "initiator", "participants", "started_at", "answered_at", "ended_at", "duration_seconds", "custom")
+    __slots__ = ("call_id", "type", "mode", "outcome", "end_reason", "initiator", "participants", "started_at", "answered_at", "ended_at", "duration_seconds", "custom", "guests")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class CallRecord(_message.Message):
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    GUESTS_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     type: str
     mode: str
@@ -125,4 +126,13 @@ class CallRecord(_message.Message):
     ended_at: _timestamp_pb2.Timestamp
     duration_seconds: int
     custom: _struct_pb2.Struct
-    def __init__(self, call_id: _Optional[str] = ..., type: _Optional[str] = ..., mode: _Optional[str] = ..., outcome: _Optional[str] = ..., end_reason: _Optional[_Union[_calls_pb2.Call.EndReason, str]] = ..., initiator: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_seconds: _Optional[int] = ..., custom: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    guests: _containers.RepeatedCompositeFieldContainer[CallRecordGuest]
+    def __init__(self, call_id: _Optional[str] = ..., type: _Optional[str] = ..., mode: _Optional[str] = ..., outcome: _Optional[str] = ..., end_reason: _Optional[_Union[_calls_pb2.Call.EndReason, str]] = ..., initiator: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_seconds: _Optional[int] = ..., custom: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., guests: _Optional[_Iterable[_Union[CallRecordGuest, _Mapping]]] = ...) -> None: ...
+
+class CallRecordGuest(_message.Message):
+    __slots__ = ("user_id", "name")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    name: str
+    def __init__(self, user_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...

@@ -30,32 +30,40 @@ class CreateSessionResponse(_message.Message):
     def __init__(self, token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CallSettings(_message.Message):
-    __slots__ = ("enabled", "max_participants", "ring_timeout_seconds", "default_type", "busy_policy")
+    __slots__ = ("enabled", "max_participants", "ring_timeout_seconds", "default_type", "busy_policy", "guests_enabled", "lobby")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     MAX_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     RING_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TYPE_FIELD_NUMBER: _ClassVar[int]
     BUSY_POLICY_FIELD_NUMBER: _ClassVar[int]
+    GUESTS_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    LOBBY_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     max_participants: int
     ring_timeout_seconds: int
     default_type: str
     busy_policy: str
-    def __init__(self, enabled: _Optional[bool] = ..., max_participants: _Optional[int] = ..., ring_timeout_seconds: _Optional[int] = ..., default_type: _Optional[str] = ..., busy_policy: _Optional[str] = ...) -> None: ...
+    guests_enabled: bool
+    lobby: str
+    def __init__(self, enabled: _Optional[bool] = ..., max_participants: _Optional[int] = ..., ring_timeout_seconds: _Optional[int] = ..., default_type: _Optional[str] = ..., busy_policy: _Optional[str] = ..., guests_enabled: _Optional[bool] = ..., lobby: _Optional[str] = ...) -> None: ...
 
 class CallSettingsUpdate(_message.Message):
-    __slots__ = ("enabled", "max_participants", "ring_timeout_seconds", "default_type", "busy_policy")
+    __slots__ = ("enabled", "max_participants", "ring_timeout_seconds", "default_type", "busy_policy", "guests_enabled", "lobby")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     MAX_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     RING_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TYPE_FIELD_NUMBER: _ClassVar[int]
     BUSY_POLICY_FIELD_NUMBER: _ClassVar[int]
+    GUESTS_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    LOBBY_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     max_participants: int
     ring_timeout_seconds: int
     default_type: str
     busy_policy: str
-    def __init__(self, enabled: _Optional[bool] = ..., max_participants: _Optional[int] = ..., ring_timeout_seconds: _Optional[int] = ..., default_type: _Optional[str] = ..., busy_policy: _Optional[str] = ...) -> None: ...
+    guests_enabled: bool
+    lobby: str
+    def __init__(self, enabled: _Optional[bool] = ..., max_participants: _Optional[int] = ..., ring_timeout_seconds: _Optional[int] = ..., default_type: _Optional[str] = ..., busy_policy: _Optional[str] = ..., guests_enabled: _Optional[bool] = ..., lobby: _Optional[str] = ...) -> None: ...
 
 class GetSettingsRequest(_message.Message):
     __slots__ = ()

@@ -11,14 +11,23 @@ export const protobufPackage = "sendsar.calls.v1";
 export const protobufFileName = "sendsar/calls/v1/calls.proto";
 
 export interface Participant {
+  /** An app user's id, or "guest:<guestId>" for a guest. */
   userId: string;
   /**
    * "invited", "joined", "declined", "left", "missed" (a group invitation
-   * whose ring timed out) or "removed".
+   * whose ring timed out), "removed", or "waiting" (a guest in the lobby).
    */
   state: string;
   joinedAt?: string | undefined;
-  leftAt?: string | undefined;
+  leftAt?:
+    | string
+    | undefined;
+  /** Set (true) on guests only. */
+  guest?:
+    | boolean
+    | undefined;
+  /** A guest's name, as they gave it. */
+  name?: string | undefined;
 }
 
 export interface Call {
@@ -198,5 +207,88 @@ export interface RingCallRequest {
 }
 
 export interface RingCallResponse {
+  call?: Call | undefined;
+}
+
+/** A link guests knock on a call with (its token, gl_..., is shown once). */
+export interface CallLink {
+  id: string;
+  expiresAt?: string | undefined;
+  maxUses: number;
+  /** Knocks so far. */
+  uses: number;
+}
+
+export interface CreateCallLinkRequest {
+  roomId: string;
+  callId: string;
+  /** 60 to 604800 (7 days); default 86400. */
+  ttlSeconds?:
+    | number
+    | undefined;
+  /** 1 to 1000; default 100. */
+  maxUses?: number | undefined;
+}
+
+export interface CreateCallLinkResponse {
+  link?:
+    | CallLink
+    | undefined;
+  /** gl_...: what a guest presents to POST /v1/guests; shown only here. */
+  token: string;
+}
+
+export interface ListCallLinksRequest {
+  roomId: string;
+  callId: string;
+}
+
+export interface ListCallLinksResponse {
+  links: CallLink[];
+}
+
+export interface RevokeCallLinkRequest {
+  roomId: string;
+  callId: string;
+  linkId: string;
+}
+
+export interface RevokeCallLinkResponse {
+}
+
+export interface CreateGuestRequest {
+  /** How the guest is shown to the others: 1 to 64 characters. */
+  name: string;
+}
+
+export interface CreateGuestResponse {
+  /** The guest's participant id is "guest:" + guest_id. */
+  guestId: string;
+  /**
+   * The guest session (gt_...): accept, leave and token of this call, GET
+   * /v1/calls/{callId} of it, and a Socket.IO connection for its events.
+   */
+  token: string;
+  expiresAt?: string | undefined;
+  call?: Call | undefined;
+}
+
+export interface AdmitGuestRequest {
+  roomId: string;
+  callId: string;
+  guestId: string;
+}
+
+export interface AdmitGuestResponse {
+  call?: Call | undefined;
+}
+
+export interface DenyGuestRequest {
+  roomId: string;
+  callId: string;
+  guestId: string;
+}
+
+export interface DenyGuestResponse {
   call?: Call | undefined;
 }

@@ -22,7 +22,9 @@ export interface CallEvent {
   /**
    * "call.invite", "call.accepted", "call.declined", "call.ended",
    * "call.missed", "call.participant_joined", "call.participant_left",
-   * "call.ring_stopped" (and "call.started" for webhooks).
+   * "call.ring_stopped", "call.knock" (a guest waits in the lobby; to the
+   * joined participants), "call.admitted" and "call.denied" (to the guest)
+   * (and "call.started" for webhooks).
    */
   type: string;
   occurredAt?: string | undefined;
