@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import pytest
 
 from services.calls.domain import MAX_WAITING_GUESTS
 from tests.conftest import Tenant, error_reason
@@ -262,11 +261,8 @@ def test_the_lobby_and_the_link_are_bounded(tenant: Tenant) -> None:
 # --- what a guest token may do ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("lobby", ["off"])
-def test_a_guest_token_does_nothing_but_its_own_calls_few_things(
-    tenant: Tenant, lobby: str
-) -> None:
-    room, call, alice = group_call(tenant, lobby=lobby)
+def test_a_guest_token_does_nothing_but_its_own_calls_few_things(tenant: Tenant) -> None:
+    room, call, alice = group_call(tenant, lobby="off")
     guest = ok(knock(tenant, link(alice, room, call)["token"]))
     other_room = tenant.room("alice", "bob")
     other = ok(post(alice, f"/chat/rooms/{other_room}/calls"))["call"]["id"]
