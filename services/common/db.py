@@ -64,12 +64,15 @@ def connect_params(settings: Settings) -> dict[str, Any]:
 
 def create_engine(settings: Settings, pool_size: int | None = None) -> AsyncEngine:
     size = pool_size or settings.DB_POOL_SIZE
+    # The URL names the driver only: the connection comes from libpq's keywords, which
+    # hold several hosts in the failover form (SQLAlchemy's URL parser refuses those).
     return create_async_engine(
-        settings.sqlalchemy_url,
+        "postgresql+psycopg://",
         pool_size=size,
         max_overflow=size,
         pool_pre_ping=True,
-        connect_args=connect_params(settings),
+        pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,
+        connect_args={**settings.database_params, **connect_params(settings)},
     )
 
 
@@ -84,10 +87,19 @@ async def open_pool(settings: Settings, max_size: int, min_size: int = 1) -> Poo
         min_size=min(min_size, max_size),
         max_size=max_size,
         kwargs={"autocommit": True, **connect_params(settings)},
+        timeout=settings.DB_POOL_TIMEOUT_SECONDS,
         open=False,
     )
     await pool.open(wait=True, timeout=settings.DB_WAIT_SECONDS)
     return pool
+
+
+async def connect_listener(settings: Settings) -> PsycopgConnection[Any]:
+    """A connection for LISTEN, opened like every pooled one (all hosts, keepalives,
+    server-side bounds), so it finds the primary after a failover as they do."""
+    return await PsycopgConnection.connect(
+        settings.libpq_url, autocommit=True, **connect_params(settings)
+    )
 
 
 @asynccontextmanager

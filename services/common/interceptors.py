@@ -41,6 +41,8 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 REVOKED_CHANNEL = "api_key_revoked"  # NOTIFY payload: the revoked key's id
 
+Listener = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
+
 
 class Authenticator:
     """Turns request metadata into a Principal; API keys are checked against the database.
@@ -55,8 +57,13 @@ class Authenticator:
     # last_used_at is bookkeeping: written at most once a minute per key and replica.
     TOUCH_SECONDS = 60.0
 
-    def __init__(self, engine: AsyncEngine, signing_key: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, signing_key: str, listener: Listener | None = None
+    ) -> None:
         self.engine = engine
+        # Opens the LISTEN connection (db.connect_listener); None: never listen, never
+        # cache (a one-shot tool).
+        self.listener = listener
         self.signing_key = signing_key
         self.ring_tokens = auth.RingTokens(signing_key)
         self._cache: dict[str, tuple[float, str, str]] = {}  # key id -> (until, tenant, hash)
@@ -145,16 +152,13 @@ class Authenticator:
             )
 
     def _start_listener(self) -> None:
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        if self.listener is not None and (self._listener is None or self._listener.done()):
+            self._listener = asyncio.get_running_loop().create_task(self._listen(self.listener))
 
-    async def _listen(self) -> None:
-        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    async def _listen(self, listener: Listener) -> None:
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    url, autocommit=True, keepalives=1, keepalives_idle=10
-                )
+                conn = await listener()
                 try:
                     await conn.execute(f"LISTEN {REVOKED_CHANNEL}")
                     self._generation += 1

@@ -38,7 +38,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
 from psycopg.pq import TransactionStatus
 
-from services.common.db import Pool, connect_params, create_engine, open_pool
+from services.common.db import Pool, connect_listener, create_engine, open_pool
 from services.common.logging import log_fields
 from services.common.models import OUTBOX_LANES
 from services.common.settings import Settings
@@ -332,9 +332,7 @@ class OutboxRelay:
     async def listen(self) -> None:
         """Wakes the lanes a committed transaction wrote to, in every replica (LISTEN/
         NOTIFY): the payload lists them ("3,5"); an empty one wakes every lane."""
-        conn = await psycopg.AsyncConnection.connect(
-            self.settings.libpq_url, autocommit=True, **connect_params(self.settings)
-        )
+        conn = await connect_listener(self.settings)
         try:
             await conn.execute(f"LISTEN {types.NOTIFY_CHANNEL}")
             async for notify in conn.notifies():
