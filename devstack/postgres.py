@@ -114,6 +114,7 @@ def clone_standby(primary_port: int, pgdata: Path, standby_name: str) -> None:
         stdout=subprocess.DEVNULL,
         user=run_as(),
     )
+    pgdata.chmod(0o700)  # pg_basebackup keeps the directory's mode; postgres wants 0700
 
 
 def multi_host_url(ports: list[int], database: str = "postgres") -> str:

@@ -18,8 +18,8 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import auth, tracing, validation
-from services.common.errors import INTERNAL, ServiceError, unauthenticated
+from services.common import auth, db, tracing, validation
+from services.common.errors import INTERNAL, UNAVAILABLE, ServiceError, unauthenticated
 from services.common.logging import log_fields, request_id_var, tenant_id_var
 from services.common.models import API_KEYS
 from services.common.rate_limit import RateLimiter
@@ -194,6 +194,13 @@ def credential_id(principal: auth.Principal, credential: str) -> str:
     return f"{principal.kind.value}:{principal.tenant_id}:{principal.user_id}"
 
 
+def _name(exc: BaseException) -> str:
+    """An error's type, with the SQLSTATE class name psycopg gives it (AdminShutdown,
+    QueryCanceled, ...) when SQLAlchemy wrapped it."""
+    orig = getattr(exc, "orig", None)
+    return type(orig if isinstance(orig, Exception) else exc).__name__
+
+
 def _safe_trace(exc: BaseException) -> str:
     """Where an unexpected error came from, without its message (which may hold SQL or secrets)."""
     frames = traceback.extract_tb(exc.__traceback__)[-6:]
@@ -263,6 +270,12 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.UNKNOWN
                 raise
             except Exception as exc:
+                if db.unavailable(exc):  # a failover, a lost connection: worth a retry
+                    code = grpc.StatusCode.UNAVAILABLE
+                    log.warning(
+                        "database unavailable", extra=log_fields(method=short, error=_name(exc))
+                    )
+                    await context.abort_with_status(UNAVAILABLE.to_status())
                 code = grpc.StatusCode.INTERNAL
                 log.error(
                     "unexpected error",

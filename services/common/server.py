@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import auth, tracing, workers
+from services.common import auth, db, tracing, workers
 from services.common.db import connect_listener, create_engine, wait_for_database
 from services.common.interceptors import Authenticator, RpcInterceptor
 from services.common.logging import configure_logging
@@ -130,7 +130,9 @@ async def _supervise(job: Callable[[], Awaitable[None]]) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error(
+            # The database away (a failover) is expected now and then; anything else is a bug.
+            log.log(
+                logging.WARNING if db.unavailable(exc) else logging.ERROR,
                 "background job failed; restarting",
                 extra={"fields": {"job": name, "error": type(exc).__name__}},
             )

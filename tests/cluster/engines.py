@@ -25,13 +25,14 @@ from tests.stack import Stack
 
 # A client's retry of an operation that failed retryably, as an app would.
 RETRY_PAUSE_SECONDS = 0.2
+GIVE_UP_SECONDS = 40.0
 
 
 @dataclass(frozen=True)
 class Reply:
     """One REST request of the load: what it was and how it was answered."""
 
-    op: str  # start | accept | end
+    op: str  # start | accept | end | settings
     room: str
     call_id: str | None
     status: int
@@ -61,10 +62,12 @@ def _reason(reply: httpx.Response) -> str | None:
 
 @dataclass
 class CallLoad:
-    """1:1 call lifecycles (start → accept → end) back to back in every pair's room, with
-    `pause` seconds between two. A step that fails retryably (503, or no answer) is sent
-    again until it is answered for good; an `end` answered 409 CALL_ENDED found the
-    call already ended by an earlier attempt that did commit."""
+    """1:1 call lifecycles (start → accept → end, then the tenant's settings read: a
+    SQLAlchemy engine's request besides the call path's pool) back to back in every pair's
+    room, with `pause` seconds between two. A step that fails is sent again (as an app
+    retries a 503) until it succeeds, for at most GIVE_UP_SECONDS; an `end` answered 409
+    CALL_ENDED found the call already ended by an earlier attempt that did commit. Every
+    answer is kept for the test to judge."""
 
     rest: str
     pairs: list[Pair]
@@ -90,6 +93,9 @@ class CallLoad:
                 http, "end", pair.room, call_id, f"{calls}/{call_id}/end", pair.caller
             )
             self.ended.append(call_id)
+            await self._until_done(
+                http, "settings", pair.room, None, "/v1/tenant/settings", pair.caller, "GET"
+            )
             await asyncio.sleep(self.pause)
 
     async def _until_done(
@@ -100,11 +106,18 @@ class CallLoad:
         call_id: str | None,
         path: str,
         token: str,
+        method: str = "POST",
     ) -> dict[str, Any]:
-        while True:
+        give_up = time.monotonic() + GIVE_UP_SECONDS
+        while time.monotonic() < give_up:
             sent = time.monotonic()
             try:
-                reply = await http.post(path, json={}, headers={"Authorization": f"Bearer {token}"})
+                reply = await http.request(
+                    method,
+                    path,
+                    json={} if method == "POST" else None,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
             except httpx.TransportError:
                 self.replies.append(Reply(op, room, call_id, 0, None, sent, time.monotonic()))
                 await asyncio.sleep(RETRY_PAUSE_SECONDS)
@@ -119,8 +132,8 @@ class CallLoad:
                 return dict(reply.json())
             if op == "end" and reply.status_code == 409 and reason == "CALL_ENDED":
                 return {}
-            assert reply.status_code == 503, (op, reply.status_code, reply.text)
             await asyncio.sleep(RETRY_PAUSE_SECONDS)
+        raise AssertionError(f"{op} in {room} failed for {GIVE_UP_SECONDS} s: {self.replies[-1]}")
 
     def calls_of(self, room: str, sent_after: float = 0.0) -> set[str]:
         """The calls started in a room (acknowledged) by requests sent after a moment."""
@@ -239,10 +252,10 @@ async def stream_message_ids(nats_url: str) -> Counter[str]:
         await nc.close()
 
 
-def lag_seconds(metrics_ports: list[int]) -> list[float]:
+def lag_seconds(stack: Stack) -> list[float]:
     """outbox_lag_seconds of every calls worker (each runs a relay)."""
-    lags = []
-    for port in metrics_ports:
+    base, lags = stack.metrics_ports["calls"], []
+    for port in range(base, base + stack.workers.get("calls", 1)):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
             text = reply.read().decode()
         line = next(x for x in text.splitlines() if x.startswith("outbox_lag_seconds "))
@@ -251,7 +264,8 @@ def lag_seconds(metrics_ports: list[int]) -> list[float]:
 
 
 async def eventually(check: Any, what: str, within: float) -> None:
-    """Waits until `check()` (sync or async) is true, polling."""
+    """Waits until `check()` (sync or async) is true, polling. A check may return a
+    false value that says what is missing (a non-empty string is true: use a tuple)."""
     deadline = time.monotonic() + within
     while True:
         result = check()
@@ -260,5 +274,5 @@ async def eventually(check: Any, what: str, within: float) -> None:
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
+            raise AssertionError(f"not within {within}s: {what} ({result!r})")
         await asyncio.sleep(0.25)

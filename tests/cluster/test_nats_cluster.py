@@ -120,7 +120,7 @@ async def test_a_leader_killed_and_a_follower_frozen_lose_and_double_nothing(
 
     await eventually(converged, "every event published and at its webhook", within=45)
     await eventually(
-        lambda: all(lag == 0 for lag in lag_seconds(_metrics(stack))),
+        lambda: all(lag == 0 for lag in lag_seconds(stack)),
         "the relay's lag back to 0",
         within=10,
     )
@@ -184,11 +184,6 @@ async def _bridge_on_a_follower(stack: Stack) -> str:
                 await nc.close()
         await eventually(lambda: _all_current(stack), "a leader and current followers", 30)
     raise AssertionError("the bridge stays on the stream's leader")
-
-
-def _metrics(stack: Stack) -> list[int]:
-    base = stack.metrics_ports["calls"]
-    return [base + i for i in range(CALLS_WORKERS)]
 
 
 async def _leader_is_not(stack: Stack, old: str) -> bool:
