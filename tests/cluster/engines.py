@@ -8,6 +8,8 @@ import json
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +20,11 @@ from aiohttp import web
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from sendsar.calls.v1 import events_pb2
 
+from devstack.procs import free_ports
 from services.events import types
 from tests.conftest import Tenant
 from tests.integration.realtime import Device
-from tests.stack import Stack
+from tests.stack import Stack, new_workdir
 
 # A client's retry of an operation that failed retryably, as an app would.
 RETRY_PAUSE_SECONDS = 0.2
@@ -250,6 +253,35 @@ async def stream_message_ids(nats_url: str) -> Counter[str]:
             await sub.unsubscribe()
     finally:
         await nc.close()
+
+
+CALLS_WORKERS = 2  # the relay runs in each: two relays share the lanes
+
+
+@contextmanager
+def running_stack(**options: Any) -> Iterator[Stack]:
+    """The whole stack with the given engines, calls' metrics on (the relay's lag)."""
+    stack = Stack(
+        workdir=new_workdir(),
+        metrics_ports={"calls": free_ports(CALLS_WORKERS)},
+        workers={"calls": CALLS_WORKERS},
+        **options,
+    )
+    try:
+        stack.start_all()
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+async def published_once(stack: Stack) -> None:
+    """The relays' lag is back to 0 and the stream holds every outbox row exactly once."""
+    await eventually(
+        lambda: all(lag == 0 for lag in lag_seconds(stack)), "the relay's lag back to 0", 10
+    )
+    in_stream = await stream_message_ids(stack.nats_url)
+    assert {msg_id: n for msg_id, n in in_stream.items() if n > 1} == {}, "published twice"
+    assert set(in_stream) == (await outbox(stack)).rows
 
 
 def lag_seconds(stack: Stack) -> list[float]:
