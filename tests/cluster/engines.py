@@ -65,12 +65,12 @@ def _reason(reply: httpx.Response) -> str | None:
 
 @dataclass
 class CallLoad:
-    """1:1 call lifecycles (start → accept → end, then the tenant's settings read: a
-    SQLAlchemy engine's request besides the call path's pool) back to back in every pair's
-    room, with `pause` seconds between two. A step that fails is sent again (as an app
-    retries a 503) until it succeeds, for at most GIVE_UP_SECONDS; an `end` answered 409
-    CALL_ENDED found the call already ended by an earlier attempt that did commit. Every
-    answer is kept for the test to judge."""
+    """1:1 call lifecycles (start → accept → end) back to back in every pair's room, with
+    `pause` seconds between two, and meanwhile reads of the tenant's settings (a SQLAlchemy
+    engine's request, besides the call path's own pool). A step that fails is sent again
+    (as an app retries a 503) until it succeeds, for at most GIVE_UP_SECONDS; an `end`
+    answered 409 CALL_ENDED found the call already ended by an earlier attempt that did
+    commit. Every answer is kept for the test to judge."""
 
     rest: str
     pairs: list[Pair]
@@ -81,7 +81,10 @@ class CallLoad:
 
     async def run(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(base_url=self.rest, timeout=30) as http:
-            await asyncio.gather(*(self._room(http, pair, stop) for pair in self.pairs))
+            await asyncio.gather(
+                *(self._room(http, pair, stop) for pair in self.pairs),
+                self._settings(http, self.pairs[0], stop),
+            )
 
     async def _room(self, http: httpx.AsyncClient, pair: Pair, stop: asyncio.Event) -> None:
         calls = f"/chat/rooms/{pair.room}/calls"
@@ -96,6 +99,10 @@ class CallLoad:
                 http, "end", pair.room, call_id, f"{calls}/{call_id}/end", pair.caller
             )
             self.ended.append(call_id)
+            await asyncio.sleep(self.pause)
+
+    async def _settings(self, http: httpx.AsyncClient, pair: Pair, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             await self._until_done(
                 http, "settings", pair.room, None, "/v1/tenant/settings", pair.caller, "GET"
             )

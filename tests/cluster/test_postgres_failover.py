@@ -120,6 +120,9 @@ async def test_the_primary_dies_the_standby_takes_over_and_nothing_is_lost(stack
     # Requests failed only while the database was away, and only as 503 UNAVAILABLE.
     failed = load.failures()
     assert {(r.status, r.reason) for r in failed} <= {(503, "UNAVAILABLE")}, failed[:5]
+    # Both kinds of connection met the outage: the call path's pool, SQLAlchemy's engine.
+    failed_ops = {r.op for r in failed}
+    assert "settings" in failed_ops and failed_ops & {"start", "accept", "end"}, failed_ops
     assert all(r.sent >= killed - 1 for r in failed)
     last_failure = max((r.answered for r in failed), default=promoted)
     first_served = min(r.answered for r in load.replies if r.status == 200 and r.sent > promoted)
