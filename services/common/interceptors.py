@@ -271,17 +271,19 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception as exc:
                 if db.unavailable(exc):  # a failover, a lost connection: worth a retry
-                    code = grpc.StatusCode.UNAVAILABLE
+                    code, status = grpc.StatusCode.UNAVAILABLE, UNAVAILABLE
                     log.warning(
                         "database unavailable", extra=log_fields(method=short, error=_name(exc))
                     )
-                    await context.abort_with_status(UNAVAILABLE.to_status())
-                code = grpc.StatusCode.INTERNAL
-                log.error(
-                    "unexpected error",
-                    extra=log_fields(method=short, error=type(exc).__name__, at=_safe_trace(exc)),
-                )
-                await context.abort_with_status(INTERNAL.to_status())
+                else:
+                    code, status = grpc.StatusCode.INTERNAL, INTERNAL
+                    log.error(
+                        "unexpected error",
+                        extra=log_fields(
+                            method=short, error=type(exc).__name__, at=_safe_trace(exc)
+                        ),
+                    )
+                await context.abort_with_status(status.to_status())
             finally:
                 elapsed = time.perf_counter() - started
                 if span is not None:

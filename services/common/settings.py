@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -296,9 +298,6 @@ def database_params(url: str) -> dict[str, str]:
     comma-separated lists in the multi-host form, which SQLAlchemy's URL parser refuses
     (so engines get these keywords, not the URL). The URL itself is never echoed: it
     holds the password."""
-    from psycopg import ProgrammingError
-    from psycopg.conninfo import conninfo_to_dict
-
     try:
         params = conninfo_to_dict(libpq_url(url))
     except ProgrammingError:

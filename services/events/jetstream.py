@@ -6,7 +6,8 @@ reconnects by itself for as long as the process lives, to any server of NATS_URL
 cluster's servers, comma-separated; nats-py learns the others from the one it reaches).
 
 Each connection's reply subjects start with `_INBOX.<its name>.`, so NATS permissions
-can let a process read its own replies and nobody else's (services/events/permissions.py).
+can let a process read its own replies and nobody else's (deploy/k8s/overlays/prod/
+nats-values.yaml).
 """
 
 from __future__ import annotations
