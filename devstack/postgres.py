@@ -71,8 +71,9 @@ def init(pgdata: Path) -> None:
         subprocess.run(initdb_command(pgdata), check=True, stdout=subprocess.DEVNULL, user=run_as())
 
 
-def server_command(pgdata: Path, port: int) -> list[str]:
-    """The foreground server command (for a process runner)."""
+def server_command(pgdata: Path, port: int, *settings: str) -> list[str]:
+    """The foreground server command (for a process runner); `settings` are extra
+    `name=value` server settings."""
     return [
         str(POSTGRES_BIN_PATH / "postgres"),
         "-D",
@@ -87,7 +88,39 @@ def server_command(pgdata: Path, port: int) -> list[str]:
         "max_connections=300",
         "-c",
         "fsync=off" if os.environ.get("PG_FAST") else "fsync=on",
+        *(arg for setting in settings for arg in ("-c", setting)),
     ]
+
+
+# --- a synchronous streaming standby (the failover tests) --------------------------------
+
+
+def primary_settings(standby_name: str) -> list[str]:
+    """A primary whose commits return only once `standby_name` has them (synchronous
+    replication): a failover to that standby loses no acknowledged commit. Given on the
+    command line, not in the data directory, so the standby copied from it does not wait
+    for a standby of its own once promoted."""
+    return [f"synchronous_standby_names={standby_name}", "wal_level=replica"]
+
+
+def clone_standby(primary_port: int, pgdata: Path, standby_name: str) -> None:
+    """A standby's data directory, copied from the running primary by pg_basebackup,
+    set to stream from it (-R) under `standby_name` (what synchronous_standby_names names)."""
+    prepare(pgdata)
+    conninfo = f"host=127.0.0.1 port={primary_port} user=postgres application_name={standby_name}"
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_basebackup"), "-d", conninfo, "-D", str(pgdata), "-R"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        user=run_as(),
+    )
+    pgdata.chmod(0o700)  # pg_basebackup keeps the directory's mode; postgres wants 0700
+
+
+def multi_host_url(ports: list[int], database: str = "postgres") -> str:
+    """libpq's failover URL: every connection goes to whichever host takes writes."""
+    hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
+    return f"postgresql://postgres@{hosts}/{database}?target_session_attrs=read-write"
 
 
 def ready(port: int) -> bool:

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, create_engine, pool
 from sqlmodel import SQLModel
 
 from services.common import models  # noqa: F401  (registers the tables)
+from services.common.settings import database_params
 
 target_metadata = SQLModel.metadata
 MIGRATION_LOCK = 727274
@@ -34,7 +35,7 @@ def _url() -> str:
         url = Path(os.environ["DATABASE_URL_FILE"]).read_text().strip()
     if not url:
         raise SystemExit("DATABASE_URL (or DATABASE_URL_FILE) is not set")
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return url
 
 
 def _schema_is_newer(connection: Connection) -> bool:
@@ -50,7 +51,10 @@ def _schema_is_newer(connection: Connection) -> bool:
 
 def run_migrations_online() -> None:
     tolerate_newer = context.get_x_argument(as_dictionary=True).get("tolerate-newer") == "1"
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    # libpq's keywords, not the URL: SQLAlchemy cannot parse the multi-host form.
+    engine = create_engine(
+        "postgresql+psycopg://", poolclass=pool.NullPool, connect_args=database_params(_url())
+    )
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():

@@ -1,7 +1,14 @@
-"""The whole stack on loopback for the tests: real PostgreSQL, NATS, Envoy and services."""
+"""The whole stack on loopback for the tests: real PostgreSQL, NATS, Envoy and services.
+
+The engines can also run as production runs them (tests/cluster/): NATS as a JetStream
+cluster (`nats_nodes=3`) and PostgreSQL as a primary with a synchronous standby
+(`pg_standby=True`), the services given every server's address.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,9 +53,16 @@ class Stack:
     # Where LiveKit sends its webhooks (default: our intake through Envoy).
     livekit_webhook_url: str | None = None
     livekit_enabled: bool = False
+    # Clustered engines: NATS servers (>1: a JetStream cluster) and a standby.
+    nats_nodes: int = 1
+    nats_cluster: NatsCluster | None = None
+    pg_standby: bool = False
+    standby_port: int = field(default_factory=free_port)
 
     @property
     def database_url(self) -> str:
+        if self.pg_standby:
+            return postgres.multi_host_url([self.pg_port, self.standby_port])
         return postgres.url(self.pg_port)
 
     @property
@@ -57,6 +71,8 @@ class Stack:
 
     @property
     def nats_url(self) -> str:
+        if self.nats_cluster is not None:
+            return ",".join(self.nats_cluster.urls)
         return f"nats://127.0.0.1:{self.nats_port}"
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -82,14 +98,17 @@ class Stack:
     def start_postgres(self) -> None:
         pgdata = self.workdir / "pgdata"
         postgres.init(pgdata)
+        settings = postgres.primary_settings(STANDBY_NAME) if self.pg_standby else []
         self.procs["postgres"] = Proc(
             "postgres",
-            postgres.server_command(pgdata, self.pg_port),
+            postgres.server_command(pgdata, self.pg_port, *settings),
             python_env({}),
             self.workdir,
             user=postgres.run_as(),
         )
         postgres.wait_ready(self.pg_port)
+        if self.pg_standby:
+            self.start_standby()
         subprocess.run(
             [sys.executable, "-m", "alembic", "upgrade", "head"],
             cwd=ROOT,
@@ -97,7 +116,24 @@ class Stack:
             check=True,
         )
 
+    def start_standby(self) -> None:
+        """A streaming standby of the primary, which commits only once it has the WAL."""
+        standby = self.workdir / "standby"
+        postgres.clone_standby(self.pg_port, standby, STANDBY_NAME)
+        self.procs["standby"] = Proc(
+            "standby",
+            postgres.server_command(standby, self.standby_port),
+            python_env({}),
+            self.workdir,
+            user=postgres.run_as(),
+        )
+        postgres.wait_ready(self.standby_port)
+
     def start_nats(self) -> None:
+        if self.nats_nodes > 1:
+            self.nats_cluster = self.nats_cluster or NatsCluster(self.workdir, self.nats_nodes)
+            self.nats_cluster.start_all()
+            return
         self.procs["nats"] = Proc(
             "nats",
             [
@@ -215,6 +251,79 @@ class Stack:
 
     def stop_all(self) -> None:
         for proc in reversed(list(self.procs.values())):
+            proc.stop()
+        if self.nats_cluster is not None:
+            self.nats_cluster.stop_all()
+
+
+STANDBY_NAME = "standby1"
+
+
+class NatsCluster:
+    """A JetStream cluster of nats-servers on loopback, every one routed to every other.
+    Nodes are named n0, n1, ...; each can be killed, restarted, frozen and thawed."""
+
+    def __init__(self, workdir: Path, size: int = 3, config: str = "") -> None:
+        self.workdir = workdir
+        self.config = config  # more of every node's config (accounts, permissions)
+        self.ports = [free_port() for _ in range(size)]
+        self.route_ports = [free_port() for _ in range(size)]
+        self.monitor_ports = [free_port() for _ in range(size)]
+        self.procs: dict[int, Proc] = {}
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{port}" for port in self.ports]
+
+    def name(self, node: int) -> str:
+        return f"n{node}"
+
+    def node(self, name: str) -> int:
+        return int(name.removeprefix("n"))
+
+    def _config(self, node: int) -> Path:
+        routes = ", ".join(
+            f'"nats://127.0.0.1:{port}"' for i, port in enumerate(self.route_ports) if i != node
+        )
+        path = self.workdir / f"nats-{self.name(node)}.conf"
+        path.write_text(
+            f"server_name: {self.name(node)}\n"
+            f'listen: "127.0.0.1:{self.ports[node]}"\n'
+            f'http: "127.0.0.1:{self.monitor_ports[node]}"\n'
+            f'jetstream {{ store_dir: "{self.workdir / ("nats-" + self.name(node))}" }}\n'
+            f'cluster {{ name: sendsar, listen: "127.0.0.1:{self.route_ports[node]}",'
+            f" routes: [{routes}] }}\n{self.config}\n"
+        )
+        return path
+
+    def start(self, node: int) -> None:
+        name = f"nats-{self.name(node)}"
+        self.procs[node] = Proc(
+            name,
+            [str(Path(sys.executable).parent / "nats-server"), "-c", str(self._config(node))],
+            python_env({}),
+            self.workdir,
+        )
+        wait_until(lambda: port_open(self.ports[node]), name, proc=self.procs[node])
+
+    def start_all(self) -> None:
+        for node in range(len(self.ports)):
+            self.start(node)
+
+    def kill(self, node: int) -> None:
+        self.procs[node].kill()
+
+    def freeze(self, node: int) -> None:
+        """SIGSTOP: the process stops answering while its kernel keeps TCP up."""
+        os.killpg(self.procs[node].pid, signal.SIGSTOP)
+
+    def thaw(self, node: int) -> None:
+        os.killpg(self.procs[node].pid, signal.SIGCONT)
+
+    def stop_all(self) -> None:
+        for node, proc in self.procs.items():
+            if proc.alive():
+                self.thaw(node)
             proc.stop()
 
 

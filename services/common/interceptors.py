@@ -18,8 +18,8 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import auth, tracing, validation
-from services.common.errors import INTERNAL, ServiceError, unauthenticated
+from services.common import auth, db, tracing, validation
+from services.common.errors import INTERNAL, UNAVAILABLE, ServiceError, unauthenticated
 from services.common.logging import log_fields, request_id_var, tenant_id_var
 from services.common.models import API_KEYS
 from services.common.rate_limit import RateLimiter
@@ -41,6 +41,8 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 REVOKED_CHANNEL = "api_key_revoked"  # NOTIFY payload: the revoked key's id
 
+Listener = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
+
 
 class Authenticator:
     """Turns request metadata into a Principal; API keys are checked against the database.
@@ -55,8 +57,13 @@ class Authenticator:
     # last_used_at is bookkeeping: written at most once a minute per key and replica.
     TOUCH_SECONDS = 60.0
 
-    def __init__(self, engine: AsyncEngine, signing_key: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, signing_key: str, listener: Listener | None = None
+    ) -> None:
         self.engine = engine
+        # Opens the LISTEN connection (db.connect_listener); None: never listen, never
+        # cache (a one-shot tool).
+        self.listener = listener
         self.signing_key = signing_key
         self.ring_tokens = auth.RingTokens(signing_key)
         self.guest_tokens = auth.GuestTokens(signing_key)
@@ -150,16 +157,13 @@ class Authenticator:
             )
 
     def _start_listener(self) -> None:
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        if self.listener is not None and (self._listener is None or self._listener.done()):
+            self._listener = asyncio.get_running_loop().create_task(self._listen(self.listener))
 
-    async def _listen(self) -> None:
-        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    async def _listen(self, listener: Listener) -> None:
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    url, autocommit=True, keepalives=1, keepalives_idle=10
-                )
+                conn = await listener()
                 try:
                     await conn.execute(f"LISTEN {REVOKED_CHANNEL}")
                     self._generation += 1
@@ -193,6 +197,13 @@ def credential_id(principal: auth.Principal, credential: str) -> str:
     if parsed is not None:
         return f"key:{parsed[0]}"
     return f"{principal.kind.value}:{principal.tenant_id}:{principal.user_id}"
+
+
+def _name(exc: BaseException) -> str:
+    """An error's type, with the SQLSTATE class name psycopg gives it (AdminShutdown,
+    QueryCanceled, ...) when SQLAlchemy wrapped it."""
+    orig = getattr(exc, "orig", None)
+    return type(orig if isinstance(orig, Exception) else exc).__name__
 
 
 def _safe_trace(exc: BaseException) -> str:
@@ -264,12 +275,20 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.UNKNOWN
                 raise
             except Exception as exc:
-                code = grpc.StatusCode.INTERNAL
-                log.error(
-                    "unexpected error",
-                    extra=log_fields(method=short, error=type(exc).__name__, at=_safe_trace(exc)),
-                )
-                await context.abort_with_status(INTERNAL.to_status())
+                if db.unavailable(exc):  # a failover, a lost connection: worth a retry
+                    code, status = grpc.StatusCode.UNAVAILABLE, UNAVAILABLE
+                    log.warning(
+                        "database unavailable", extra=log_fields(method=short, error=_name(exc))
+                    )
+                else:
+                    code, status = grpc.StatusCode.INTERNAL, INTERNAL
+                    log.error(
+                        "unexpected error",
+                        extra=log_fields(
+                            method=short, error=type(exc).__name__, at=_safe_trace(exc)
+                        ),
+                    )
+                await context.abort_with_status(status.to_status())
             finally:
                 elapsed = time.perf_counter() - started
                 if span is not None:

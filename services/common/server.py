@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import grpc
@@ -17,8 +18,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import auth, tracing, workers
-from services.common.db import create_engine, wait_for_database
+from services.common import auth, db, tracing, workers
+from services.common.db import connect_listener, create_engine, wait_for_database
 from services.common.interceptors import Authenticator, RpcInterceptor
 from services.common.logging import configure_logging
 from services.common.rate_limit import RateLimiter
@@ -53,7 +54,11 @@ async def create_server(
     server = grpc.aio.server(
         interceptors=[
             RpcInterceptor(
-                policies, Authenticator(engine, settings.SESSION_SIGNING_KEY), RateLimiter(settings)
+                policies,
+                Authenticator(
+                    engine, settings.SESSION_SIGNING_KEY, partial(connect_listener, settings)
+                ),
+                RateLimiter(settings),
             )
         ],
         # Above Envoy's front-door limits (1 MiB bodies, 16 KiB headers), so that
@@ -125,7 +130,9 @@ async def _supervise(job: Callable[[], Awaitable[None]]) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error(
+            # The database away (a failover) is expected now and then; anything else is a bug.
+            log.log(
+                logging.WARNING if db.unavailable(exc) else logging.ERROR,
                 "background job failed; restarting",
                 extra={"fields": {"job": name, "error": type(exc).__name__}},
             )

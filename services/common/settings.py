@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -84,10 +86,13 @@ class Settings(BaseSettings):
     LOG_LEVEL: str = "INFO"
     SERVICE_NAME: str = "sendsar"
 
+    # libpq's URL; several hosts for failover: postgresql://u:p@h1:5432,h2:5432/db
+    # ?target_session_attrs=read-write (every connection then finds the primary).
     DATABASE_URL: str = Field(min_length=1)
     DB_POOL_SIZE: int = Field(default=10, ge=1, le=200)
     DB_WAIT_SECONDS: float = Field(default=30.0, ge=0)
 
+    # One NATS server or several of a cluster, comma-separated (nats:// or tls://).
     NATS_URL: str = "nats://127.0.0.1:4222"
 
     GRPC_HOST: str = "127.0.0.1"
@@ -161,6 +166,9 @@ class Settings(BaseSettings):
     DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
     DB_LOCK_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
     DB_STATEMENT_TIMEOUT_SECONDS: float = Field(default=15.0, gt=0)
+    # The longest a request waits for a pooled connection (none free, or the database
+    # away) before it fails as UNAVAILABLE: well below Envoy's 15 s route timeout.
+    DB_POOL_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
     # NATS credentials (at most one kind) and TLS; secrets also as NAME_FILE.
     NATS_USER: str | None = None
     NATS_PASSWORD: str | None = None
@@ -170,6 +178,11 @@ class Settings(BaseSettings):
     NATS_TLS_CA_FILE: str | None = None
     NATS_TLS_CERT_FILE: str | None = None
     NATS_TLS_KEY_FILE: str | None = None
+    # Copies of the event stream in a NATS cluster (3 in production: one node may fail).
+    NATS_STREAM_REPLICAS: int = Field(default=1, ge=1, le=5)
+    # A server that stops answering (frozen, partitioned: TCP stays up) is left for
+    # another after 2-3 unanswered pings.
+    NATS_PING_INTERVAL_SECONDS: int = Field(default=5, ge=1, le=120)
     NATS_STREAM_MAX_AGE_SECONDS: int = Field(default=7 * 24 * 3600, ge=60)
     NATS_STREAM_MAX_BYTES: int = Field(default=1 << 30, ge=1 << 20)
     OUTBOX_BATCH_SIZE: int = Field(default=500, ge=1, le=5000)
@@ -253,18 +266,61 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
-    def libpq_url(self) -> str:
-        """DATABASE_URL as psycopg itself takes it (for LISTEN connections)."""
-        return "postgresql://" + self.sqlalchemy_url.removeprefix("postgresql+psycopg://")
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _valid_database_url(cls, value: str) -> str:
+        database_params(value)
+        return value
+
+    @field_validator("NATS_URL")
+    @classmethod
+    def _valid_nats_url(cls, value: str) -> str:
+        parse_nats_servers(value)
+        return value
 
     @property
-    def sqlalchemy_url(self) -> str:
-        url = self.DATABASE_URL
-        for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
-            if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix) :]
-        raise ValueError("DATABASE_URL must be a postgresql:// URL")
+    def libpq_url(self) -> str:
+        """DATABASE_URL as libpq takes it (several hosts included)."""
+        return libpq_url(self.DATABASE_URL)
+
+    @property
+    def database_params(self) -> dict[str, str]:
+        """DATABASE_URL as libpq's keywords: what every connection is opened with."""
+        return database_params(self.DATABASE_URL)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return parse_nats_servers(self.NATS_URL)
+
+
+def libpq_url(url: str) -> str:
+    """A DATABASE_URL in libpq's own scheme (SQLAlchemy's spelling accepted too)."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    raise ValueError("DATABASE_URL must be a postgresql:// URL")
+
+
+def database_params(url: str) -> dict[str, str]:
+    """libpq's keywords of a DATABASE_URL, parsed by libpq itself: `host` and `port` are
+    comma-separated lists in the multi-host form, which SQLAlchemy's URL parser refuses
+    (so engines get these keywords, not the URL). The URL itself is never echoed: it
+    holds the password."""
+    try:
+        params = conninfo_to_dict(libpq_url(url))
+    except ProgrammingError:
+        raise ValueError("DATABASE_URL is not a valid PostgreSQL URL") from None
+    return {name: str(value) for name, value in params.items() if value is not None}
+
+
+def parse_nats_servers(value: str) -> list[str]:
+    """NATS_URL: one server URL or several, comma-separated."""
+    servers = [s.strip() for s in value.split(",") if s.strip()]
+    if not servers or any(not re.match(r"^(nats|tls)://[^\s/]+/?$", s) for s in servers):
+        raise ValueError("NATS_URL: nats:// or tls:// URLs, comma-separated")
+    if len({s.split("://", 1)[0] for s in servers}) > 1:
+        raise ValueError("NATS_URL: all nats:// or all tls://, not both")
+    return servers
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -51,7 +51,7 @@ from services.common import tracing
 from services.common.logging import log_fields
 from services.common.settings import Settings
 from services.events import types
-from services.events.jetstream import connect, ensure_stream
+from services.events.jetstream import connect
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,14 @@ class EventConsumer:
         return nc
 
     async def _subscribe(self, nc: NATS) -> Subscription:
-        await ensure_stream(nc, self.settings)
+        # The stream is the relay's (it creates it and sets its limits and replicas);
+        # until it exists this fails, and run() tries again.
         js = nc.jetstream()
+        info = await js.stream_info(types.STREAM)
         if self.durable is not None:
             # Binds to the durable consumer, or creates it from the stream's start (events
-            # published before the first replica started are not lost).
+            # published before the first replica started are not lost). Its replicas are
+            # left to NATS, which gives a durable consumer as many as its stream has.
             return await js.pull_subscribe(
                 types.SUBJECTS,
                 durable=self.durable,
@@ -173,7 +176,6 @@ class EventConsumer:
                     deliver_policy=DeliverPolicy.ALL,
                 ),
             )
-        info = await js.stream_info(types.STREAM)
         if self._stream_created is None:
             self._last_seq = info.state.last_seq  # first start: new events only
         elif info.created != self._stream_created:

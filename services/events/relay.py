@@ -38,7 +38,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
 from psycopg.pq import TransactionStatus
 
-from services.common.db import Pool, connect_params, create_engine, open_pool
+from services.common.db import Pool, connect_listener, create_engine, open_pool
 from services.common.logging import log_fields
 from services.common.models import OUTBOX_LANES
 from services.common.settings import Settings
@@ -57,6 +57,9 @@ ROUNDS = Counter(
 )  # events | nothing | led_elsewhere (another replica held the lane)
 LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox event (0: none)")
 
+# Its NATS connection's name: its reply subjects start with _INBOX.<name>, which its NATS
+# user may subscribe to (deploy/k8s/overlays/prod/nats-values.yaml).
+CONNECTION_NAME = "outbox-relay"
 LOCK_CLASS = 727275  # advisory locks (LOCK_CLASS, lane)
 MAX_BACKOFF_SECONDS = 5.0
 PROBE_SECONDS = 1.0
@@ -315,7 +318,7 @@ class OutboxRelay:
         # Its own connections: a lane stuck on NATS holds one of these, never a request's.
         pool = await open_pool(self.settings, OUTBOX_LANES + 1)
         try:
-            nc = await connect(self.settings, "outbox-relay")
+            nc = await connect(self.settings, CONNECTION_NAME)
             try:
                 await ensure_stream(nc, self.settings)
                 publisher = Publisher(nc)
@@ -332,9 +335,7 @@ class OutboxRelay:
     async def listen(self) -> None:
         """Wakes the lanes a committed transaction wrote to, in every replica (LISTEN/
         NOTIFY): the payload lists them ("3,5"); an empty one wakes every lane."""
-        conn = await psycopg.AsyncConnection.connect(
-            self.settings.libpq_url, autocommit=True, **connect_params(self.settings)
-        )
+        conn = await connect_listener(self.settings)
         try:
             await conn.execute(f"LISTEN {types.NOTIFY_CHANNEL}")
             async for notify in conn.notifies():

@@ -127,8 +127,38 @@ def test_short_secret_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_database_url_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgres://u@h/db")
     settings = load_settings()
-    assert settings.sqlalchemy_url == "postgresql+psycopg://u@h/db"
     assert settings.libpq_url == "postgresql://u@h/db"
-    monkeypatch.setenv("DATABASE_URL", "mysql://u@h/db")
-    with pytest.raises(ValueError):
-        _ = load_settings().sqlalchemy_url
+    assert settings.database_params == {"user": "u", "host": "h", "dbname": "db"}
+    for bad in ("mysql://u@h/db", "postgresql://u:secret@h/db?nonsense=1"):
+        monkeypatch.setenv("DATABASE_URL", bad)
+        with pytest.raises(SystemExit) as exc:
+            load_settings()
+        assert "DATABASE_URL" in str(exc.value) and "secret" not in str(exc.value)
+
+
+def test_a_failover_database_url_names_every_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libpq's multi-host form, which SQLAlchemy's URL parser refuses: every connection
+    (engines, pools, LISTEN, Alembic) is opened from these keywords."""
+    monkeypatch.setenv(
+        "DATABASE_URL",
+        "postgresql://calls:pw@db-1:5432,db-2:5433/calls?target_session_attrs=read-write",
+    )
+    assert load_settings().database_params == {
+        "user": "calls",
+        "password": "pw",
+        "host": "db-1,db-2",
+        "port": "5432,5433",
+        "dbname": "calls",
+        "target_session_attrs": "read-write",
+    }
+
+
+def test_nats_url_takes_a_clusters_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", DB)
+    monkeypatch.setenv("NATS_URL", "nats://n-0:4222, nats://n-1:4222,nats://n-2:4222")
+    assert load_settings().nats_servers == ["nats://n-0:4222", "nats://n-1:4222", "nats://n-2:4222"]
+    for bad in ("", "http://n:4222", "nats://a:4222,tls://b:4222", "nats://a b"):
+        monkeypatch.setenv("NATS_URL", bad)
+        with pytest.raises(SystemExit) as exc:
+            load_settings()
+        assert "NATS_URL" in str(exc.value)
