@@ -71,5 +71,23 @@ def test_request_guard_knows_both_json_names_of_a_field_and_the_rest_paths() -> 
     line = next(s for s in source.splitlines() if create_session in s)
     assert '["userId"] = {["name"] = "userId", ["key"] = "userId"}' in line
     assert '["user_id"] = {["name"] = "userId", ["key"] = "userId"}' in line
-    assert '"pattern"] = "^/chat/rooms/[^/]+/calls/[^/]+/accept$"' in source
-    assert "/livekit/webhook" not in source  # a raw body (HttpBody): LiveKit signs it
+    trie = request_guard._schema(envoy.DESCRIPTORS).trie
+    accept = trie
+    for segment in ["chat", "rooms", "*", "calls", "*", "accept"]:
+        accept = accept["kids"][segment]  # type: ignore[index]
+    assert accept["res"] == {"POST": ".sendsar.calls.v1.AcceptCallRequest"}
+    # A raw body (HttpBody): LiveKit signs it, so nothing to check.
+    webhook = trie["kids"]["livekit"]["kids"]["webhook"]  # type: ignore[index]
+    assert webhook["res"] == {"POST": False}
+
+
+def test_path_templates_split_as_the_transcoder_splits_them() -> None:
+    assert request_guard._template("/chat/rooms/{room_id}/calls") == (
+        ["chat", "rooms", "*", "calls"],
+        "",
+    )
+    assert request_guard._template("/v1/{name=projects/*/docs/**}:cancel") == (
+        ["v1", "projects", "*", "docs", "**"],
+        "cancel",
+    )
+    assert request_guard._template("/v1/sessions") == (["v1", "sessions"], "")
