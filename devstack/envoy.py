@@ -126,6 +126,8 @@ def render(
     listen_host: str = "127.0.0.1",
     descriptors: Path = DESCRIPTORS,
     discovery: str = "STATIC",
+    # Envoy's rate limit, per client address (burst: twice this), and how many addresses'
+    # buckets it keeps (the least recently seen go first).
     rate_limit_per_second: int = 2000,
     rate_limit_addresses: int = 65536,
     cors_allowed_origins: str = "*",
@@ -197,6 +199,8 @@ def main() -> None:
             descriptors=Path("/etc/envoy/descriptors.binpb"),
             discovery="STRICT_DNS",
             cors_allowed_origins=os.environ.get("CORS_ALLOWED_ORIGINS", "*"),
+            # Locally every client is 127.0.0.1; in a cluster each address is a client.
+            rate_limit_per_second=int(os.environ.get("RATE_LIMIT_ADDRESS_PER_SECOND", "200")),
             tracing_endpoint=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
             tracing_sample_percent=float(os.environ.get("TRACING_SAMPLE_PERCENT", "100")),
         )
