@@ -377,7 +377,18 @@ end
 -- PathMatcherNode::LookupPath: depth first, a literal child before "*" before "**";
 -- a "**" node swallows segments until the rest matches one of its children. Returns
 -- the body message name, false (a route without a JSON body) or nil (no route).
-local function lookup(node, parts, index, method)
+local lookup
+
+-- The lookup continued in one child (nil when there is no such child or no route there).
+local function descend(node, key, parts, index, method)
+  local child = node.kids[key]
+  if child == nil then
+    return nil
+  end
+  return lookup(child, parts, index + 1, method)
+end
+
+lookup = function(node, parts, index, method)
   while true do
     if index > #parts then
       local found = result_for(node, method)
@@ -386,12 +397,9 @@ local function lookup(node, parts, index, method)
       end
       return found
     end
-    local child = node.kids[parts[index]]
-    if child ~= nil then
-      local found = lookup(child, parts, index + 1, method)
-      if found ~= nil then
-        return found
-      end
+    local found = descend(node, parts[index], parts, index, method)
+    if found ~= nil then
+      return found
     end
     if not node.wild then
       break
@@ -399,12 +407,9 @@ local function lookup(node, parts, index, method)
     index = index + 1
   end
   for _, key in ipairs({"*", "**"}) do
-    local child = node.kids[key]
-    if child ~= nil then
-      local found = lookup(child, parts, index + 1, method)
-      if found ~= nil then
-        return found
-      end
+    local found = descend(node, key, parts, index, method)
+    if found ~= nil then
+      return found
     end
   end
   return nil
