@@ -99,6 +99,12 @@ def _without_ring(event: events_pb2.CallEvent) -> events_pb2.CallEvent:
     return copy
 
 
+def _release(tally: Tally[Any], key: Any) -> None:
+    tally[key] -= 1
+    if tally[key] <= 0:
+        del tally[key]
+
+
 @dataclass
 class Socket:
     tenant_id: str
@@ -143,6 +149,7 @@ class Bridge:
         self.syncing: set[str] = set()
         self.per_user: Tally[tuple[str, str]] = Tally()
         self.per_tenant: Tally[str] = Tally()
+        self.per_key: Tally[str] = Tally()  # the API keys that minted the open sockets' sessions
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- connections ---------------------------------------------------------------------
@@ -175,6 +182,8 @@ class Bridge:
         self.syncing.add(sid)
         self.per_user[(tenant_id, user_id)] += 1
         self.per_tenant[tenant_id] += 1
+        if sock.api_key_id is not None:
+            self.per_key[sock.api_key_id] += 1
         CONNECTIONS.inc()
         await self.sio.enter_room(sid, sock.room)
         # After this handler returns, Socket.IO sends the CONNECT; the task then syncs.
@@ -187,12 +196,10 @@ class Bridge:
         if sock is None:
             return
         CONNECTIONS.dec()
-        self.per_user[(sock.tenant_id, sock.user_id)] -= 1
-        if self.per_user[(sock.tenant_id, sock.user_id)] <= 0:
-            del self.per_user[(sock.tenant_id, sock.user_id)]
-        self.per_tenant[sock.tenant_id] -= 1
-        if self.per_tenant[sock.tenant_id] <= 0:
-            del self.per_tenant[sock.tenant_id]
+        _release(self.per_user, (sock.tenant_id, sock.user_id))
+        _release(self.per_tenant, sock.tenant_id)
+        if sock.api_key_id is not None:
+            _release(self.per_key, sock.api_key_id)
         if sock.task is not None and sock.task is not asyncio.current_task():
             sock.task.cancel()
 
@@ -232,11 +239,10 @@ class Bridge:
         while True:
             await asyncio.sleep(REVOCATION_CHECK_SECONDS)
             epoch = self.authenticator.revocation_epoch
-            keys = {s.api_key_id for s in self.sockets.values() if s.api_key_id}
-            if not keys or (epoch is not None and epoch == seen):
+            if not self.per_key or (epoch is not None and epoch == seen):
                 continue
             try:
-                revoked = await self.authenticator.revoked_among(keys)
+                revoked = await self.authenticator.revoked_among(set(self.per_key))
             except Exception as exc:  # the database away: checked again next round
                 log.warning("revocation check failed", extra=log_fields(error=type(exc).__name__))
                 continue
