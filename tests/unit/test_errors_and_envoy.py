@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from devstack import envoy, request_guard
+from devstack import envoy, envoy_replies, request_guard
 from services.common.errors import DOMAIN, invalid
 
 
@@ -91,3 +92,19 @@ def test_path_templates_split_as_the_transcoder_splits_them() -> None:
         "cancel",
     )
     assert request_guard._template("/v1/sessions") == (["v1", "sessions"], "")
+
+
+def test_envoys_grpc_replies_carry_one_error_info() -> None:
+    """What a gRPC client decodes from Envoy's own replies (grpc-status-details-bin)."""
+    for reply in [*envoy_replies.REPLIES.values(), envoy_replies.OTHER_REPLY]:
+        status = status_pb2.Status()
+        status.ParseFromString(base64.b64decode(reply.status_details_bin()))
+        assert (status.code, status.message) == (reply.grpc_code.value[0], reply.message)
+        [detail] = status.details
+        info = error_details_pb2.ErrorInfo()
+        assert detail.Unpack(info)
+        assert (info.reason, info.domain) == (reply.reason, DOMAIN)
+    limited = envoy_replies.REPLIES[429]
+    assert limited.grpc_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(limited.metadata) == {"scope": "address"}
+    assert envoy_replies.REPLIES[413].grpc_code == grpc.StatusCode.RESOURCE_EXHAUSTED
