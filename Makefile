@@ -61,12 +61,14 @@ proto: $(STAMP) $(SDK)/node_modules/.installed
 # Kubernetes: Envoy's config rendered for in-cluster DNS names, what each overlay ships of
 # it (devstack/envoy_k8s.py: dev plain HTTP, prod TLS), and the descriptor set.
 K8S_GENERATED = gen/ deploy/k8s/generated/ deploy/k8s/overlays/dev/envoy.yaml \
-  deploy/k8s/overlays/prod/envoy.yaml deploy/k8s/overlays/prod/sds.yaml
+  deploy/k8s/overlays/prod/envoy.yaml deploy/k8s/overlays/prod/sds.yaml \
+  deploy/k8s/overlays/prod/sds-grpc.yaml
 k8s: proto
 	$(BIN)/python -m devstack.envoy --k8s > deploy/k8s/generated/envoy.yaml
 	$(BIN)/python -m devstack.envoy_k8s < deploy/k8s/generated/envoy.yaml > deploy/k8s/overlays/dev/envoy.yaml
 	$(BIN)/python -m devstack.envoy_k8s --tls < deploy/k8s/generated/envoy.yaml > deploy/k8s/overlays/prod/envoy.yaml
 	$(BIN)/python -m devstack.envoy_k8s --sds > deploy/k8s/overlays/prod/sds.yaml
+	$(BIN)/python -m devstack.envoy_k8s --sds-grpc > deploy/k8s/overlays/prod/sds-grpc.yaml
 	cp gen/descriptors.binpb deploy/k8s/generated/descriptors.binpb
 
 proto-check: k8s

@@ -7,12 +7,11 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from devstack import request_guard
+from devstack import envoy_replies, request_guard
 from services.common.settings import parse_cors_origins, parse_otlp_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,85 +24,6 @@ _GRPC_CLUSTER = """type: {discovery}
         envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
           "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
           explicit_http_config: {{http2_protocol_options: {{}}}}"""
-
-
-_DOMAIN = "calls.sendsar.dev"
-_MALFORMED = "The request is malformed."
-
-# HTTP status of an Envoy-generated reply -> (gRPC code, ErrorInfo reason, message).
-# The message is fixed per reason: Envoy's own text can quote the request's bytes and
-# internal type names.
-_LOCAL_REPLIES = {
-    400: (3, "MALFORMED_REQUEST", _MALFORMED),
-    404: (5, "NOT_FOUND", "No such resource."),
-    408: (4, "REQUEST_TIMEOUT", "The request did not arrive in time."),
-    413: (3, "PAYLOAD_TOO_LARGE", "The request body is larger than 1 MiB."),
-    429: (8, "RATE_LIMITED", "Too many requests; retry later."),
-    431: (3, "HEADERS_TOO_LARGE", "The request headers are too large."),
-    500: (13, "INTERNAL", "Internal error."),
-    502: (14, "UNAVAILABLE", "The service is unavailable; retry later."),
-    503: (14, "UNAVAILABLE", "The service is unavailable; retry later."),
-    504: (4, "UPSTREAM_TIMEOUT", "The service did not answer in time."),
-}
-# Any other status Envoy generates.
-_OTHER_REPLY = (2, "REQUEST_REFUSED", "The request was refused.")
-
-# Dynamic metadata the request guard (envoy/request_guard.lua) sets on a refusal.
-_GUARD_METADATA = "sendsar.front_door"
-
-
-def _error_info(reason: str) -> dict[str, str]:
-    return {
-        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-        "reason": reason,
-        "domain": _DOMAIN,
-    }
-
-
-def _mapper(status_filter: Mapping[str, object], body: Mapping[str, object]) -> str:
-    mapper = {"filter": status_filter, "body_format_override": {"json_format": body}}
-    return "                    - " + json.dumps(mapper)
-
-
-def _status_filter(op: str, status: int) -> dict[str, object]:
-    value = {"default_value": status, "runtime_key": f"local_reply.{op.lower()}.{status}"}
-    return {"status_code_filter": {"comparison": {"op": op, "value": value}}}
-
-
-def _local_reply_mappers() -> str:
-    # First: a refusal by the request guard that names the field to blame.
-    field = f"%DYNAMIC_METADATA({_GUARD_METADATA}:field)%"
-    description = f"%DYNAMIC_METADATA({_GUARD_METADATA}:description)%"
-    guard_filter = {
-        "metadata_filter": {
-            "matcher": {
-                "filter": _GUARD_METADATA,
-                "path": [{"key": "field"}],
-                "value": {"present_match": True},
-            },
-            "match_if_key_not_found": False,
-        }
-    }
-    bad_request = {
-        "@type": "type.googleapis.com/google.rpc.BadRequest",
-        "fieldViolations": [{"field": field, "description": description}],
-    }
-    mappers = [
-        _mapper(
-            guard_filter,
-            {
-                "code": 3,
-                "message": _MALFORMED,
-                "details": [_error_info("MALFORMED_REQUEST"), bad_request],
-            },
-        )
-    ]
-    replies = [(_status_filter("EQ", s), reply) for s, reply in _LOCAL_REPLIES.items()]
-    replies.append((_status_filter("GE", 400), _OTHER_REPLY))
-    for status_filter, (code, reason, message) in replies:
-        body = {"code": code, "message": message, "details": [_error_info(reason)]}
-        mappers.append(_mapper(status_filter, body))
-    return "\n".join(mappers)
 
 
 def _cors_policy(origins: list[str]) -> str:
@@ -206,7 +126,10 @@ def render(
     listen_host: str = "127.0.0.1",
     descriptors: Path = DESCRIPTORS,
     discovery: str = "STATIC",
+    # Envoy's rate limit, per client address (burst: twice this), and how many addresses'
+    # buckets it keeps (the least recently seen go first).
     rate_limit_per_second: int = 2000,
+    rate_limit_addresses: int = 65536,
     cors_allowed_origins: str = "*",
     max_connections: int = 10000,
     tracing_endpoint: str = "",
@@ -218,13 +141,14 @@ def render(
         LISTEN_PORT=listen_port,
         ADMIN_PORT=admin_port,
         DESCRIPTORS=str(descriptors),
-        LOCAL_REPLY_MAPPERS=_local_reply_mappers(),
+        LOCAL_REPLY_MAPPERS=envoy_replies.mappers(),
         REQUEST_GUARD=_indent(request_guard.lua_source(DESCRIPTORS), 26),
         MAX_CONNECTIONS=max_connections,
         GRPC_CLUSTER=_GRPC_CLUSTER.format(discovery=discovery),
         DISCOVERY=discovery,
         RATE_LIMIT_PER_SECOND=rate_limit_per_second,
         RATE_LIMIT_BURST=rate_limit_per_second * 2,
+        RATE_LIMIT_ADDRESSES=rate_limit_addresses,
         TENANT_ENDPOINTS=_endpoints(upstreams.tenant),
         CHAT_ENDPOINTS=_endpoints(upstreams.chat),
         CALLS_ENDPOINTS=_endpoints(upstreams.calls),
@@ -275,6 +199,8 @@ def main() -> None:
             descriptors=Path("/etc/envoy/descriptors.binpb"),
             discovery="STRICT_DNS",
             cors_allowed_origins=os.environ.get("CORS_ALLOWED_ORIGINS", "*"),
+            # Locally every client is 127.0.0.1; in a cluster each address is a client.
+            rate_limit_per_second=int(os.environ.get("RATE_LIMIT_ADDRESS_PER_SECOND", "200")),
             tracing_endpoint=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
             tracing_sample_percent=float(os.environ.get("TRACING_SAMPLE_PERCENT", "100")),
         )

@@ -1,8 +1,10 @@
 """Turns Envoy's Kubernetes render (`python -m devstack.envoy --k8s`) into the in-cluster
 config the overlays ship: per-pod balancing safeguards, retries on connect failure,
 circuit breakers sized for websockets, an in-cluster listener (LiveKit's webhook and the
-readiness probe), a Prometheus listener, and with --tls the production front door (TLS from
-a Secret mounted at /etc/envoy-tls, plain HTTP only redirecting).
+readiness probe), an in-cluster gRPC listener for internal services (the three API
+services and server reflection, nothing else), a Prometheus listener, and with --tls the
+production front door (TLS from a Secret mounted at /etc/envoy-tls, plain HTTP only
+redirecting) and TLS on the gRPC listener (a Secret of its own, /etc/envoy-grpc-tls).
 
 It reads the render on stdin and prints the result, so it depends only on the rendered
 names (listener "public", clusters tenant/chat/calls/socket_bridge), not on how
@@ -25,6 +27,7 @@ Config = dict[str, Any]
 PUBLIC_PORT = 8080  # plain HTTP: the API in dev, only a redirect to HTTPS with --tls
 TLS_PORT = 8443
 INTERNAL_PORT = 8081  # in-cluster only: LiveKit's webhook and the readiness probe
+GRPC_PORT = 8082  # in-cluster only: gRPC for internal services (TLS with --tls)
 METRICS_PORT = 9902  # /stats/prometheus, for Prometheus only
 ADMIN_PORT = 9901  # the render binds the admin API to 127.0.0.1 (preStop drains through it)
 READY_PATH = "/ready"
@@ -32,11 +35,16 @@ MAX_DOWNSTREAM_CONNECTIONS = 55000  # above the bridge cluster's 50k websockets
 GRPC_CLUSTERS = ("tenant", "chat", "calls")
 BRIDGE_CLUSTER = "socket_bridge"
 LIVEKIT_WEBHOOK_RPC = "/sendsar.calls.v1.CallService/HandleLivekitWebhook"
-# The TLS certificate: an SDS file (in the envoy-config ConfigMap) naming the files of the
-# kubernetes.io/tls Secret; Envoy watches the Secret's directory, so a renewed certificate
-# (cert-manager) is picked up without a restart.
+REFLECTION_PREFIX = "/grpc.reflection."
+# The TLS certificates: SDS files (in the envoy-config ConfigMap, one secret each) naming
+# the files of kubernetes.io/tls Secrets; Envoy watches each Secret's directory, so a
+# renewed certificate (cert-manager) is picked up without a restart. The public one names
+# the public host; the gRPC listener's names the in-cluster Service
+# (envoy-grpc.sendsar-calls.svc), typically from a cluster-internal CA.
 SDS_PATH = "/etc/envoy/sds.yaml"
 TLS_DIR = "/etc/envoy-tls"
+GRPC_SDS_PATH = "/etc/envoy/sds-grpc.yaml"
+GRPC_TLS_DIR = "/etc/envoy-grpc-tls"
 
 # Only failures where the request never reached a service's handler are retried: a refused
 # or failed connection (a pod that just went away), a stream the upstream refused (its
@@ -212,6 +220,46 @@ def _internal_listener(public: Config) -> Config:
     return _listener("internal", INTERNAL_PORT, _hcm("internal", routes, [health, transcoder]))
 
 
+def _public_routes_only(public: Config) -> None:
+    """LiveKit posts its webhook to the internal listener: on the public one its RPC (POST
+    /livekit/webhook once transcoded, or called as gRPC) is a 404, so nobody outside spends
+    its budget. Server reflection is for internal services: on the gRPC listener only."""
+    vhost = _hcm_config(public)["route_config"]["virtual_hosts"][0]
+    routes = [r for r in vhost["routes"] if r["match"].get("prefix") != REFLECTION_PREFIX]
+    vhost["routes"] = [_not_found(LIVEKIT_WEBHOOK_RPC), *routes]
+
+
+def _not_found(path: str) -> Config:
+    return {"match": {"path": path}, "direct_response": {"status": 404}}
+
+
+# The public listener's filters the gRPC listener keeps: no CORS (no browsers), no JSON
+# guard and no transcoder (gRPC only).
+_GRPC_FILTERS = ("envoy.filters.http.local_ratelimit", "envoy.filters.http.buffer")
+
+
+def _grpc_listener(public: Config) -> Config:
+    """Internal services' gRPC (shared/DESIGN.md, "Internal services over gRPC"): the
+    public listener's connection manager (limits, timeouts, per-address rate limit, local
+    replies as gRPC status, access log) with its gRPC routes alone: the three API services
+    and server reflection. Anything else, REST included, is a 404 (UNIMPLEMENTED)."""
+    listener = copy.deepcopy(public)
+    listener["name"] = "internal_grpc"
+    listener["address"] = {"socket_address": {"address": "0.0.0.0", "port_value": GRPC_PORT}}
+    hcm = _hcm_config(listener)
+    hcm["stat_prefix"] = "internal_grpc"
+    hcm.pop("upgrade_configs", None)
+    hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] in _GRPC_FILTERS]
+    hcm["http_filters"].append(_router())
+    hcm["route_config"]["name"] = "internal_grpc"
+    vhost = hcm["route_config"]["virtual_hosts"][0]
+    vhost.pop("typed_per_filter_config", None)
+    grpc_routes = [r for r in vhost["routes"] if "grpc" in r["match"]]
+    fallback = vhost["routes"][-1]
+    vhost["routes"] = [_not_found(LIVEKIT_WEBHOOK_RPC), *grpc_routes, fallback]
+    return listener
+
+
 def _metrics_listener() -> Config:
     routes = [
         {
@@ -249,21 +297,19 @@ def _admin_cluster() -> Config:
     }
 
 
-def _use_tls(public: Config) -> None:
-    public["name"] = "public_tls"
-    public["address"]["socket_address"]["port_value"] = TLS_PORT
-    public["filter_chains"][0]["transport_socket"] = {
+def _use_tls(listener: Config, *, secret: str, sds_path: str, alpn: list[str]) -> None:
+    listener["filter_chains"][0]["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": _typed(
             "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
             common_tls_context={
-                "alpn_protocols": ["h2", "http/1.1"],
+                "alpn_protocols": alpn,
                 "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
                 "tls_certificate_sds_secret_configs": [
                     {
-                        "name": "public_tls",
+                        "name": secret,
                         "sds_config": {
-                            "path_config_source": {"path": SDS_PATH},
+                            "path_config_source": {"path": sds_path},
                             "resource_api_version": "V3",
                         },
                     }
@@ -278,22 +324,22 @@ def _redirect_listener() -> Config:
     return _listener("public_http", PUBLIC_PORT, _hcm("public_http", routes, []))
 
 
-def sds_file() -> str:
-    """The SDS resource the TLS listener reads (shipped beside the config)."""
-    secret = {
+def sds_file(secret: str, directory: str) -> str:
+    """An SDS resource a TLS listener reads (shipped beside the config)."""
+    resource = {
         "resources": [
             _typed(
                 "envoy.extensions.transport_sockets.tls.v3.Secret",
-                name="public_tls",
+                name=secret,
                 tls_certificate={
-                    "certificate_chain": {"filename": f"{TLS_DIR}/tls.crt"},
-                    "private_key": {"filename": f"{TLS_DIR}/tls.key"},
-                    "watched_directory": {"path": TLS_DIR},
+                    "certificate_chain": {"filename": f"{directory}/tls.crt"},
+                    "private_key": {"filename": f"{directory}/tls.key"},
+                    "watched_directory": {"path": directory},
                 },
             )
         ]
     }
-    return yaml.safe_dump(secret, sort_keys=False)
+    return yaml.safe_dump(resource, sort_keys=False)
 
 
 def transform(rendered: str, *, tls: bool) -> Config:
@@ -303,7 +349,10 @@ def transform(rendered: str, *, tls: bool) -> Config:
     public = _find(listeners, "public")
     harden(config)
     resources["clusters"].append(_admin_cluster())
+    grpc_listener = _grpc_listener(public)
+    _public_routes_only(public)
     listeners.append(_internal_listener(public))
+    listeners.append(grpc_listener)
     listeners.append(_metrics_listener())
     # Websockets are long-lived: cap what one pod accepts instead of running out of memory.
     config["overload_manager"] = {
@@ -320,7 +369,10 @@ def transform(rendered: str, *, tls: bool) -> Config:
     if tls:
         # File-based SDS wants a node identity.
         config["node"] = {"id": "envoy", "cluster": "sendsar-calls"}
-        _use_tls(public)
+        public["name"] = "public_tls"
+        public["address"]["socket_address"]["port_value"] = TLS_PORT
+        _use_tls(public, secret="public_tls", sds_path=SDS_PATH, alpn=["h2", "http/1.1"])
+        _use_tls(grpc_listener, secret="internal_grpc_tls", sds_path=GRPC_SDS_PATH, alpn=["h2"])
         listeners.append(_redirect_listener())
     return config
 
@@ -334,10 +386,16 @@ HEADER = """\
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tls", action="store_true", help="the production front door")
-    parser.add_argument("--sds", action="store_true", help="print the TLS SDS file instead")
+    parser.add_argument("--sds", action="store_true", help="print the public TLS SDS file instead")
+    parser.add_argument(
+        "--sds-grpc", action="store_true", help="print the gRPC listener's TLS SDS file instead"
+    )
     args = parser.parse_args()
     if args.sds:
-        sys.stdout.write(HEADER + sds_file())
+        sys.stdout.write(HEADER + sds_file("public_tls", TLS_DIR))
+        return
+    if args.sds_grpc:
+        sys.stdout.write(HEADER + sds_file("internal_grpc_tls", GRPC_TLS_DIR))
         return
     config = transform(sys.stdin.read(), tls=args.tls)
     sys.stdout.write(HEADER + yaml.safe_dump(config, sort_keys=False, width=100))

@@ -1,10 +1,12 @@
 """Builds Envoy's request-guard Lua filter: envoy/request_guard.lua plus the REST schema
-(which paths take which JSON body, and each message's field names) read from the
-descriptor set the transcoder uses, so the guard knows exactly what the transcoder does."""
+read from the descriptor set the transcoder uses, so the guard knows exactly what the
+transcoder does: every HTTP binding as a path trie shaped like the transcoder's path
+matcher (grpc-httpjson-transcoding's PathMatcherNode: literal segments, "*" for a
+one-segment variable, "**" for the rest of the path, the custom verb appended to the
+HTTP method), which binding takes which JSON body, and each message's field names."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from google.api import annotations_pb2
@@ -48,12 +50,42 @@ def _lua(value: object) -> str:
     raise TypeError(type(value))
 
 
-def _path_pattern(template: str) -> str:
-    """A Lua pattern for an HttpRule path template ("/chat/rooms/{room_id}/calls")."""
-    template = re.sub(r"\{[^}=]+=\*\*\}|\*\*", "\0ANY\0", template)
-    template = re.sub(r"\{[^}]+\}|\*", "\0SEG\0", template)
-    pattern = re.sub(r"([^\w/\0])", r"%\1", template)
-    return "^" + pattern.replace("\0ANY\0", ".+").replace("\0SEG\0", "[^/]+") + "$"
+def _template(path: str) -> tuple[list[str], str]:
+    """An HttpRule path template as the transcoder's matcher holds it: its segments (a
+    variable becomes its pattern's segments, "*" when it has none) and its custom verb.
+    "/chat/rooms/{room_id}/calls:sync" -> (["chat", "rooms", "*", "calls"], "sync")."""
+    segments: list[str] = []
+    verb, depth, current = "", 0, ""
+    rest = path[1:] if path.startswith("/") else path
+    for index, char in enumerate(rest):
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+        if depth == 0 and char == ":" and "/" not in rest[index:]:
+            verb = rest[index + 1 :]
+            break
+        if depth == 0 and char == "/":
+            segments.append(current)
+            current = ""
+        else:
+            current += char
+    if current or segments:
+        segments.append(current)
+    out: list[str] = []
+    for segment in segments:
+        if segment.startswith("{"):
+            _, equals, pattern = segment[1:-1].partition("=")
+            out.extend(pattern.split("/") if equals else ["*"])
+        else:
+            out.append(segment)
+    return out, verb
+
+
+def _node() -> dict[str, object]:
+    """A trie node: children by segment ("*", "**" or a literal), and the JSON body
+    message (False: no body to check) by HTTP method + custom verb."""
+    return {"kids": {}, "res": {}}
 
 
 class _Schema:
@@ -63,7 +95,8 @@ class _Schema:
             for message in file.message_type:
                 self._index(f".{file.package}", message)
         self.messages: dict[str, dict[str, dict[str, object]]] = {}
-        self.rules: list[dict[str, str]] = []
+        self.trie = _node()
+        self.verbs: set[str] = set()
         for file in files.file:
             if file.package.startswith("sendsar."):
                 for service in file.service:
@@ -77,7 +110,8 @@ class _Schema:
 
     def _add_service(self, package: str, service: descriptor_pb2.ServiceDescriptorProto) -> None:
         for method in service.method:
-            # The transcoder also accepts every method at its gRPC path with a JSON body.
+            # Transcoders before Envoy 1.3x (and auto_mapping) also take JSON at a method's
+            # gRPC path: guarded there too, whichever Envoy runs.
             self._add_rule("POST", f"/{package}.{service.name}/{method.name}", "*", method)
             rule = method.options.Extensions[annotations_pb2.http]
             for binding in (rule, *rule.additional_bindings):
@@ -93,16 +127,30 @@ class _Schema:
     def _add_rule(
         self, verb: str, path: str, body: str, method: descriptor_pb2.MethodDescriptorProto
     ) -> None:
+        segments, custom_verb = _template(path)
+        node = self.trie
+        for segment in segments:
+            kids: dict[str, dict[str, object]] = node["kids"]  # type: ignore[assignment]
+            node = kids.setdefault(segment, _node())
+            if segment == "**":
+                node["wild"] = True
+        if custom_verb:
+            self.verbs.add(custom_verb)
+        results: dict[str, object] = node["res"]  # type: ignore[assignment]
+        results[verb + custom_verb] = self._body_message(body, method) or False
+
+    def _body_message(self, body: str, method: descriptor_pb2.MethodDescriptorProto) -> str | None:
+        """The message the JSON body is parsed as (None: no JSON body to check)."""
         if not body or method.input_type == _RAW_BODY:
-            return
+            return None
         message = method.input_type
         if body != "*":
             field = next(f for f in self.types[message].field if f.name == body)
             if field.type != field.TYPE_MESSAGE or field.type_name in _FREE_FORM:
-                return
+                return None
             message = field.type_name
-        self.rules.append({"method": verb, "pattern": _path_pattern(path), "body": message})
         self._add_message(message)
+        return message
 
     def _add_message(self, name: str) -> None:
         if name in self.messages:
@@ -138,12 +186,10 @@ def _schema(descriptors: Path) -> _Schema:
 
 def lua_source(descriptors: Path) -> str:
     schema = _schema(descriptors)
-    # Literal paths before templated ones, as the transcoder prefers them.
-    rules = sorted(schema.rules, key=lambda rule: rule["pattern"].count("[^/]+"))
     messages = ",\n".join(
         f"    [{_lua(name)}] = {_lua(fields)}" for name, fields in sorted(schema.messages.items())
     )
-    table = "{\n  rules = {\n"
-    table += ",\n".join(f"    {_lua(rule)}" for rule in rules)
-    table += "\n  },\n  messages = {\n" + messages + "\n  }\n}"
+    table = "{\n  trie = " + _lua(schema.trie) + ",\n"
+    table += "  verbs = " + _lua({verb: True for verb in sorted(schema.verbs)}) + ",\n"
+    table += "  messages = {\n" + messages + "\n  }\n}"
     return f"local SCHEMA = {table}\n\n{SOURCE.read_text()}"

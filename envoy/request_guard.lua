@@ -4,14 +4,26 @@
 -- misspelt field would otherwise be dropped in silence) and anything that is not
 -- strict RFC 8259 JSON.
 --
+-- Which body a request carries is decided exactly as the transcoder decides it: the
+-- path is split and matched the way its path matcher (grpc-httpjson-transcoding's
+-- PathMatcher) does, so every spelling the transcoder accepts for a route (a trailing
+-- slash, an empty segment taken by a variable, a percent-encoded variable) is checked
+-- as that route. Spellings no client produces and path normalisers disagree on (dot
+-- segments, encoded separators or unreserved characters, backslashes, empty segments)
+-- are refused outright. gRPC requests (binary protobuf) are not JSON: passed on.
+--
 -- devstack/envoy.py prepends `local SCHEMA = {...}` built from the descriptor set:
---   SCHEMA.rules:    {method, pattern (a Lua pattern for the path), body (message name)}
+--   SCHEMA.trie:     the HTTP bindings as the path matcher's trie: node = {kids =
+--                    {[segment] = node} ("*": one segment, "**": the rest), res =
+--                    {[method .. custom verb] = body message name, or false: no JSON}}
+--   SCHEMA.verbs:    the custom verbs the bindings use ({[verb] = true})
 --   SCHEMA.messages: message name -> {[json or proto field name] = field}, where
 --                    field = {name (lowerCamel), key (what "set twice" means: the
 --                    field, or its oneof), msg (message type or nil), rep, map}
 -- A refusal is a 400 whose body the local reply mappers write; when a field is to
 -- blame its path goes to dynamic metadata `sendsar.front_door` (field, description),
 -- built only from schema names and identifier-like keys, never other request bytes.
+-- Every REST request is marked there too (`rest`), for the local reply mappers.
 
 local MAX_DEPTH = 64
 
@@ -299,20 +311,139 @@ local function check(text, msg)
   end
 end
 
-local function body_message(method, path)
-  path = path:match("^[^?]*")
-  for _, rule in ipairs(SCHEMA.rules) do
-    if rule.method == method and path:match(rule.pattern) then
-      return rule.body
+-- What Envoy treats as gRPC (Grpc::Common::hasGrpcContentType): exactly
+-- application/grpc or application/grpc+<codec>; "application/grpc-web" and
+-- "application/grpc;..." are not, and the transcoder reads those as JSON.
+local function is_grpc(content_type)
+  return content_type ~= nil
+    and (content_type == "application/grpc" or content_type:sub(1, 17) == "application/grpc+")
+end
+
+-- A path no client produces and normalisers read differently: a dot segment, an empty
+-- segment before the end, a backslash, a fragment, or a percent-encoded separator or
+-- unreserved character (which a careful encoder never escapes).
+local function unknown_variant(path)
+  if path:find("[\\#]") or path:find("//+[^/]") or path:sub(1, 1) ~= "/" then
+    return true
+  end
+  for segment in path:gmatch("/([^/]*)") do
+    if segment == "." or segment == ".." then
+      return true
+    end
+  end
+  for hex in path:gmatch("%%(..)") do
+    local code = hex:match("^%x%x$") and tonumber(hex, 16)
+    if not code then
+      return true -- a malformed escape
+    end
+    local char = string.char(code)
+    if char == "/" or char == "\\" or char:match("[%w%-%._~]") then
+      return true
+    end
+  end
+  return false
+end
+
+-- ExtractRequestParts: the custom verb (only a known one) goes to the method, the
+-- path is split on "/", and trailing empty parts (extra slashes) are dropped.
+local function request_parts(path, method)
+  local colon = path:match("^.*():[^/]*$")
+  if colon ~= nil then
+    local verb = path:sub(colon + 1)
+    if SCHEMA.verbs[verb] then
+      method = method .. verb
+      path = path:sub(1, colon - 1)
+    end
+  end
+  local parts = {}
+  for part in (path:sub(2) .. "/"):gmatch("([^/]*)/") do
+    parts[#parts + 1] = part
+  end
+  while #parts > 0 and parts[#parts] == "" do
+    parts[#parts] = nil
+  end
+  return parts, method
+end
+
+local function result_for(node, method)
+  local res = node.res
+  local found = res[method]
+  if found == nil then
+    found = res["*"]
+  end
+  return found
+end
+
+-- PathMatcherNode::LookupPath: depth first, a literal child before "*" before "**";
+-- a "**" node swallows segments until the rest matches one of its children. Returns
+-- the body message name, false (a route without a JSON body) or nil (no route).
+local lookup
+
+-- The lookup continued in one child (nil when there is no such child or no route there).
+local function descend(node, key, parts, index, method)
+  local child = node.kids[key]
+  if child == nil then
+    return nil
+  end
+  return lookup(child, parts, index + 1, method)
+end
+
+lookup = function(node, parts, index, method)
+  while true do
+    if index > #parts then
+      local found = result_for(node, method)
+      if found == nil and node.kids["**"] ~= nil then
+        found = result_for(node.kids["**"], method)
+      end
+      return found
+    end
+    local found = descend(node, parts[index], parts, index, method)
+    if found ~= nil then
+      return found
+    end
+    if not node.wild then
+      break
+    end
+    index = index + 1
+  end
+  for _, key in ipairs({"*", "**"}) do
+    local found = descend(node, key, parts, index, method)
+    if found ~= nil then
+      return found
     end
   end
   return nil
 end
 
+local function body_message(method, path)
+  local parts, key = request_parts(path, method)
+  return lookup(SCHEMA.trie, parts, 1, key)
+end
+
+local function refuse_request(handle, err)
+  if err ~= nil and err.field ~= nil then
+    local metadata = handle:streamInfo():dynamicMetadata()
+    metadata:set("sendsar.front_door", "field", err.field)
+    metadata:set("sendsar.front_door", "description", err.description)
+  end
+  handle:respond({[":status"] = "400"}, "")
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
-  local msg = body_message(headers:get(":method"), headers:get(":path"))
-  if msg == nil then
+  if is_grpc(headers:get("content-type")) then
+    return
+  end
+  -- A REST request: Envoy's own replies to it stay JSON even once the transcoder has
+  -- made it gRPC (devstack/envoy_replies.py).
+  handle:streamInfo():dynamicMetadata():set("sendsar.front_door", "rest", true)
+  local path = (headers:get(":path") or ""):match("^[^?]*")
+  if unknown_variant(path) then
+    refuse_request(handle, nil)
+    return
+  end
+  local msg = body_message(headers:get(":method"), path)
+  if not msg then
     return
   end
   local body = handle:body()
@@ -326,10 +457,7 @@ function envoy_on_request(handle)
   if getmetatable(err) ~= Refusal then
     -- A fault in this script: refuse rather than let an unchecked body through.
     handle:logErr("request guard: " .. tostring(err))
-  elseif err.field ~= nil then
-    local metadata = handle:streamInfo():dynamicMetadata()
-    metadata:set("sendsar.front_door", "field", err.field)
-    metadata:set("sendsar.front_door", "description", err.description)
+    err = nil
   end
-  handle:respond({[":status"] = "400"}, "")
+  refuse_request(handle, err)
 end

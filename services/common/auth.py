@@ -33,6 +33,9 @@ class Principal:
     kind: Kind
     user_id: str | None = None  # set for sessions and ring tokens
     call_id: str | None = None  # set for ring tokens: the one call they answer
+    # The API key: its own id for API keys; for sessions, the key that minted them (None
+    # for sessions minted before sessions named their key).
+    api_key_id: str | None = None
 
     def require_user(self) -> str:
         """The app user acting; only RPCs whose policy admits ring tokens see those."""
@@ -101,8 +104,18 @@ def secret_matches(secret: str, stored_hash: str) -> bool:
 # --- session tokens ---------------------------------------------------------
 
 
+# The claim naming the API key that minted a session: revoking that key ends its sessions.
+API_KEY_CLAIM = "akid"
+
+
 def mint_session(
-    *, signing_key: str, tenant_id: str, user_id: str, name: str | None, ttl_seconds: int
+    *,
+    signing_key: str,
+    tenant_id: str,
+    user_id: str,
+    name: str | None,
+    ttl_seconds: int,
+    api_key_id: str | None = None,
 ) -> tuple[str, int]:
     now = int(time.time())
     expires_at = now + ttl_seconds
@@ -116,6 +129,8 @@ def mint_session(
     }
     if name:
         claims["name"] = name
+    if api_key_id:
+        claims[API_KEY_CLAIM] = api_key_id
     return jwt.encode(claims, signing_key, algorithm=SESSION_ALGORITHM), expires_at
 
 
@@ -127,7 +142,8 @@ _verified: dict[tuple[str, str], tuple[int, Principal]] = {}
 
 
 def verify_session(token: str, signing_key: str) -> Principal:
-    """The session token's principal; verified once per process, then cached until expiry."""
+    """The session token's principal; verified once per process, then cached until expiry.
+    Whether the API key that minted it is still active is the Authenticator's check."""
     key = (token, signing_key)
     hit = _verified.get(key)
     if hit is not None:
@@ -157,14 +173,19 @@ def _verify_session(token: str, signing_key: str) -> tuple[Principal, int]:
     except jwt.InvalidTokenError:
         raise unauthenticated("invalid session token") from None
     tenant_id, user_id = claims.get("tid"), claims.get("sub")
+    key_id = claims.get(API_KEY_CLAIM)
     if (
         not isinstance(tenant_id, str)
         or not isinstance(user_id, str)
         or not tenant_id
         or not user_id
+        or not (key_id is None or (isinstance(key_id, str) and key_id))
     ):
         raise unauthenticated("invalid session token")
-    return Principal(tenant_id=tenant_id, kind=Kind.SESSION, user_id=user_id), int(claims["exp"])
+    principal = Principal(
+        tenant_id=tenant_id, kind=Kind.SESSION, user_id=user_id, api_key_id=key_id
+    )
+    return principal, int(claims["exp"])
 
 
 def check_policy(policy: Policy, principal: Principal | None) -> None:
@@ -244,14 +265,6 @@ class CallTokens:
             raise unauthenticated(f"invalid {self.what}")
         tenant_id, user_id, call_id = (str(i) for i in ids)
         return Principal(tenant_id=tenant_id, kind=self.kind, user_id=user_id, call_id=call_id)
-
-
-def verify_socket_token(token: str, signing_key: str) -> Principal:
-    """Who a Socket.IO connection is: an app user's session, or a guest session (whose
-    socket then hears its one call, the only one it takes part in)."""
-    if token.startswith(GUEST_TOKEN_PREFIX):
-        return GuestTokens(signing_key).verify(token)
-    return verify_session(token, signing_key)
 
 
 def token_expiry(token: str) -> float:

@@ -45,7 +45,8 @@ Listener = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
 
 
 class Authenticator:
-    """Turns request metadata into a Principal; API keys are checked against the database.
+    """Turns request metadata into a Principal; API keys are checked against the database,
+    and so are the keys that minted sessions (revoking a key ends its sessions).
 
     Verified keys are cached for a few seconds, so a hot key costs one lookup per
     interval, not per RPC, but only while this process LISTENs for revocations: a
@@ -68,6 +69,7 @@ class Authenticator:
         self.ring_tokens = auth.RingTokens(signing_key)
         self.guest_tokens = auth.GuestTokens(signing_key)
         self._cache: dict[str, tuple[float, str, str]] = {}  # key id -> (until, tenant, hash)
+        self._revoked: set[str] = set()  # key ids read as revoked (never active again)
         self._touched: dict[str, float] = {}
         self._listening = False
         # Bumped by every revocation and (re)connect: a lookup that started before one
@@ -99,39 +101,84 @@ class Authenticator:
             return self.guest_tokens.verify(credential)
         if credential.startswith(auth.LINK_TOKEN_PREFIX):
             return None  # a call link: only the RPC that redeems it (public) reads it
-        return auth.verify_session(credential, self.signing_key)
+        return await self.session(credential)
+
+    async def socket(self, token: str) -> auth.Principal:
+        """Who a Socket.IO connection is: an app user's session, or a guest session (whose
+        socket then hears its one call, the only one it takes part in)."""
+        if token.startswith(auth.GUEST_TOKEN_PREFIX):
+            return self.guest_tokens.verify(token)
+        return await self.session(token)
+
+    async def session(self, token: str) -> auth.Principal:
+        """A session token's principal, refused once the API key that minted it is revoked.
+        Sessions minted before sessions named their key carry no key id: not checked."""
+        principal = auth.verify_session(token, self.signing_key)
+        if principal.api_key_id is not None:
+            key = await self._active_key(principal.api_key_id)
+            if key is None or key[0] != principal.tenant_id:
+                raise unauthenticated("session revoked: the API key that minted it was revoked")
+        return principal
 
     async def _api_key(self, credential: str) -> auth.Principal:
         parsed = auth.parse_api_key(credential)
         if parsed is None:
             raise unauthenticated("invalid API key")
         key_id, secret = parsed
+        key = await self._active_key(key_id)
+        if key is None or not auth.secret_matches(secret, key[1]):
+            raise unauthenticated("invalid API key")
+        await self._touch(key_id, time.monotonic())
+        return auth.Principal(tenant_id=key[0], kind=auth.Kind.API_KEY, api_key_id=key_id)
+
+    @property
+    def revocation_epoch(self) -> int | None:
+        """Changes whenever a key may have been revoked (a revocation NOTIFY, a reconnect of
+        the listener); None while nothing listens (then anything may have changed)."""
+        return self._generation if self._listening else None
+
+    async def revoked_among(self, key_ids: set[str]) -> set[str]:
+        """Which of these keys are revoked (one read)."""
         self._start_listener()
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(API_KEYS.c.id).where(
+                    API_KEYS.c.id.in_(sorted(key_ids)), API_KEYS.c.revoked_at.is_not(None)
+                )
+            )
+            return set(rows.scalars())
+
+    async def _active_key(self, key_id: str) -> tuple[str, str] | None:
+        """(tenant id, secret hash) of an active key; None for a revoked or unknown one."""
+        self._start_listener()
+        if key_id in self._revoked:
+            return None
         now = time.monotonic()
         cached = self._cache.get(key_id)
         if cached is not None and cached[0] > now and self._listening:
-            _, tenant_id, secret_hash = cached
-        else:
-            generation = self._generation
-            async with self.engine.connect() as conn:
-                row = (
-                    await conn.execute(
-                        select(API_KEYS.c.tenant_id, API_KEYS.c.secret_hash).where(
-                            API_KEYS.c.id == key_id, API_KEYS.c.revoked_at.is_(None)
-                        )
-                    )
-                ).first()
-            if row is None:
-                raise unauthenticated("invalid API key")
-            tenant_id, secret_hash = row.tenant_id, row.secret_hash
-            if self._listening and generation == self._generation:
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[key_id] = (now + self.CACHE_SECONDS, tenant_id, secret_hash)
-        if not auth.secret_matches(secret, secret_hash):
-            raise unauthenticated("invalid API key")
-        await self._touch(key_id, now)
-        return auth.Principal(tenant_id=tenant_id, kind=auth.Kind.API_KEY)
+            return cached[1], cached[2]
+        generation = self._generation
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        API_KEYS.c.tenant_id, API_KEYS.c.secret_hash, API_KEYS.c.revoked_at
+                    ).where(API_KEYS.c.id == key_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        if row.revoked_at is not None:
+            # Revocation is for good: no need to read this key again.
+            if len(self._revoked) > 10_000:
+                self._revoked.clear()
+            self._revoked.add(key_id)
+            return None
+        if self._listening and generation == self._generation:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key_id] = (now + self.CACHE_SECONDS, row.tenant_id, row.secret_hash)
+        return row.tenant_id, row.secret_hash
 
     async def _touch(self, key_id: str, now: float) -> None:
         last = self._touched.get(key_id)
@@ -191,11 +238,10 @@ class Authenticator:
                 await self._listener
 
 
-def credential_id(principal: auth.Principal, credential: str) -> str:
+def credential_id(principal: auth.Principal) -> str:
     """What a per-credential limit counts: an API key, or one app user's sessions."""
-    parsed = auth.parse_api_key(credential) if principal.kind is auth.Kind.API_KEY else None
-    if parsed is not None:
-        return f"key:{parsed[0]}"
+    if principal.kind is auth.Kind.API_KEY:
+        return f"key:{principal.api_key_id}"
     return f"{principal.kind.value}:{principal.tenant_id}:{principal.user_id}"
 
 
@@ -263,8 +309,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     assert principal is not None  # check_policy refuses None
                     auth.principal_var.set(principal)
                     tenant_id_var.set(principal.tenant_id)
-                    credential = self.authenticator.credential(metadata) or ""
-                    self.limiter.check(principal, credential_id(principal, credential))
+                    self.limiter.check(principal, credential_id(principal))
                 # Control characters and over-long strings or lists, in any field.
                 validation.request_strings(request)
                 return await inner(request, context)

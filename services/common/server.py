@@ -16,6 +16,9 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+from sendsar.calls.v1 import calls_pb2
+from sendsar.chat.v1 import chat_pb2
+from sendsar.tenant.v1 import tenant_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import auth, db, tracing, workers
@@ -26,6 +29,15 @@ from services.common.rate_limit import RateLimiter
 from services.common.settings import Settings, load_settings
 
 log = logging.getLogger("sendsar.server")
+
+# The public API (proto/), offered by server reflection from every process serving part of
+# it: Envoy routes reflection to one backend (it cannot merge answers), which must then
+# describe all three services.
+API_SERVICES = tuple(
+    service.full_name
+    for module in (tenant_pb2, chat_pb2, calls_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
+)
 
 
 @dataclass
@@ -74,9 +86,9 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [reg.name for reg in parts.registrations]
-    reflection.enable_server_reflection(
-        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    api = API_SERVICES if set(names) & set(API_SERVICES) else ()
+    reflected = dict.fromkeys([*names, *api, health.SERVICE_NAME, reflection.SERVICE_NAME])
+    reflection.enable_server_reflection(list(reflected), server)
     port = server.add_insecure_port(f"{settings.GRPC_HOST}:{settings.GRPC_PORT}")
     return server, port, health_servicer
 

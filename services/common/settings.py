@@ -193,6 +193,14 @@ class Settings(BaseSettings):
     RETENTION_INTERVAL_SECONDS: float = Field(default=60.0, gt=0)
     SOCKETS_MAX_PER_USER: int = Field(default=10, ge=1)
     SOCKETS_MAX_PER_TENANT: int = Field(default=10_000, ge=1)
+    # An Engine.IO connection without a connected Socket.IO socket (no CONNECT yet, a
+    # refused one, or after a DISCONNECT) is closed after this long.
+    SOCKETIO_CONNECT_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
+    # Socket.IO CONNECTs one Engine.IO connection may send (each runs the call.sync
+    # read); one more closes the connection. Per app user: a token bucket.
+    SOCKETIO_CONNECTS_PER_CONNECTION: int = Field(default=5, ge=1)
+    SOCKETIO_CONNECTS_PER_USER_PER_SECOND: float = Field(default=1.0, gt=0)
+    SOCKETIO_CONNECTS_PER_USER_BURST: int = Field(default=30, ge=1)
     # --- hardening: webhook targets, fair limits ----------------------------------
     # Webhook URLs resolving to loopback, private, link-local, ... addresses are
     # refused (at PUT and at every delivery) unless this is true (local receivers).

@@ -11,7 +11,12 @@ Sockets follow their tokens:
 - when the session token expires the socket gets `socket.closing` {reason:
   TOKEN_EXPIRED} and is closed, so the client reconnects with a fresh token;
 - a replica holds at most SOCKETS_MAX_PER_USER sockets per user and
-  SOCKETS_MAX_PER_TENANT per tenant; one more is refused (TOO_MANY_SOCKETS).
+  SOCKETS_MAX_PER_TENANT per tenant; one more is refused (TOO_MANY_SOCKETS);
+- a user's CONNECTs are rate limited (RATE_LIMITED), each Engine.IO connection may send
+  a few, and one without a connected socket is closed after a few seconds
+  (services.socket_bridge.connections);
+- a session whose API key is revoked is refused, and its open sockets get
+  `socket.closing` {reason: SESSION_REVOKED} and are closed.
 
 One ASGI app serves Socket.IO at /socket.io/, GET /healthz (200 once the NATS
 subscription exists) and Prometheus metrics at /metrics.
@@ -33,12 +38,15 @@ from prometheus_client import Counter, Gauge, make_asgi_app
 from sendsar.calls.v1 import events_pb2
 
 from services.calls.queries import live_calls
-from services.common.auth import token_expiry, verify_socket_token
+from services.common.auth import token_expiry
 from services.common.db import create_engine
 from services.common.errors import ServiceError
+from services.common.interceptors import Authenticator
 from services.common.logging import log_fields
+from services.common.rate_limit import TokenBuckets
 from services.common.settings import Settings
 from services.events.consumer import EventConsumer, event_span
+from services.socket_bridge.connections import GuardedServer
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +58,14 @@ EMITTED = Counter("socket_bridge_events_emitted_total", "Call events emitted", [
 CONNECTIONS = Gauge("socket_bridge_connections", "Open Socket.IO connections")
 REFUSED = Counter(
     "socket_bridge_connections_refused_total", "Refused Socket.IO connections", ["reason"]
-)  # UNAUTHENTICATED | TOO_MANY_SOCKETS
+)  # UNAUTHENTICATED | TOO_MANY_SOCKETS | RATE_LIMITED
 CLOSED = Counter(
     "socket_bridge_connections_closed_total", "Sockets closed by the bridge", ["reason"]
-)  # TOKEN_EXPIRED | SYNC_FAILED
+)  # TOKEN_EXPIRED | SYNC_FAILED | SESSION_REVOKED
+
+# How often open sockets' sessions are checked against revoked API keys (a read only
+# when a revocation may have happened: a NOTIFY, or no LISTEN connection).
+REVOCATION_CHECK_SECONDS = 1.0
 
 ASGIScope = dict[str, Any]
 
@@ -87,11 +99,18 @@ def _without_ring(event: events_pb2.CallEvent) -> events_pb2.CallEvent:
     return copy
 
 
+def _release(tally: Tally[Any], key: Any) -> None:
+    tally[key] -= 1
+    if tally[key] <= 0:
+        del tally[key]
+
+
 @dataclass
 class Socket:
     tenant_id: str
     user_id: str
     expires_at: float  # the session token's exp (epoch seconds)
+    api_key_id: str | None  # the API key that minted the session (None: minted before)
     # Events for this socket held back until its call.sync is out (None once it is).
     held: list[tuple[str, dict[str, Any]]] | None = field(default_factory=list)
     task: asyncio.Task[None] | None = None
@@ -106,7 +125,9 @@ class Bridge:
         self.settings = settings
         # Socket.IO's own loggers would print every packet (tokens, payloads): off.
         origins = settings.cors_origins
-        self.sio = socketio.AsyncServer(
+        self.sio = GuardedServer(
+            connect_timeout=settings.SOCKETIO_CONNECT_TIMEOUT_SECONDS,
+            connects_per_connection=settings.SOCKETIO_CONNECTS_PER_CONNECTION,
             async_mode="asgi",
             cors_allowed_origins="*" if origins == ["*"] else origins,
             logger=False,
@@ -116,13 +137,20 @@ class Bridge:
         self.sio.on("disconnect", self.on_disconnect)
         self.consumer = EventConsumer(settings, "socket-bridge", self.emit_events)
         self.engine = create_engine(settings, pool_size=min(settings.DB_POOL_SIZE, 5))
+        self.authenticator = Authenticator(self.engine, settings.SESSION_SIGNING_KEY)
+        # Every CONNECT runs the call.sync read: a user's CONNECTs are rate limited.
+        self.connect_budget = TokenBuckets(
+            settings.SOCKETIO_CONNECTS_PER_USER_PER_SECOND,
+            settings.SOCKETIO_CONNECTS_PER_USER_BURST,
+        )
         self.sockets: dict[str, Socket] = {}
         # The sockets whose call.sync is not out yet: an event is checked against these
         # few, not against every socket of the process.
         self.syncing: set[str] = set()
         self.per_user: Tally[tuple[str, str]] = Tally()
         self.per_tenant: Tally[str] = Tally()
-        self._task: asyncio.Task[None] | None = None
+        self.per_key: Tally[str] = Tally()  # the API keys that minted the open sockets' sessions
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- connections ---------------------------------------------------------------------
 
@@ -131,12 +159,14 @@ class Bridge:
         if not isinstance(token, str) or not token:
             raise refusal("UNAUTHENTICATED", "auth.token (a session token) is required")
         try:
-            principal = verify_socket_token(token, self.settings.SESSION_SIGNING_KEY)
-        except ServiceError as err:  # invalid or expired; the reason never names which key
+            principal = await self.authenticator.socket(token)
+        except ServiceError as err:  # invalid, expired or revoked; never says which key
             raise refusal("UNAUTHENTICATED", err.message) from None
         user_id = principal.user_id
         assert user_id is not None  # sessions always name their user
         tenant_id = principal.tenant_id
+        if not self.connect_budget.take(user_room(tenant_id, user_id)):
+            raise refusal("RATE_LIMITED", "too many connects for this user; retry later")
         # Counted and taken with no await in between: one event loop, no race.
         if self.per_user[(tenant_id, user_id)] >= self.settings.SOCKETS_MAX_PER_USER:
             raise refusal(
@@ -147,11 +177,13 @@ class Bridge:
             raise refusal("TOO_MANY_SOCKETS", "the tenant's socket limit is reached")
         # Verified above: exp is there and valid.
         expires_at = token_expiry(token)
-        sock = Socket(tenant_id, user_id, expires_at)
+        sock = Socket(tenant_id, user_id, expires_at, principal.api_key_id)
         self.sockets[sid] = sock
         self.syncing.add(sid)
         self.per_user[(tenant_id, user_id)] += 1
         self.per_tenant[tenant_id] += 1
+        if sock.api_key_id is not None:
+            self.per_key[sock.api_key_id] += 1
         CONNECTIONS.inc()
         await self.sio.enter_room(sid, sock.room)
         # After this handler returns, Socket.IO sends the CONNECT; the task then syncs.
@@ -164,12 +196,10 @@ class Bridge:
         if sock is None:
             return
         CONNECTIONS.dec()
-        self.per_user[(sock.tenant_id, sock.user_id)] -= 1
-        if self.per_user[(sock.tenant_id, sock.user_id)] <= 0:
-            del self.per_user[(sock.tenant_id, sock.user_id)]
-        self.per_tenant[sock.tenant_id] -= 1
-        if self.per_tenant[sock.tenant_id] <= 0:
-            del self.per_tenant[sock.tenant_id]
+        _release(self.per_user, (sock.tenant_id, sock.user_id))
+        _release(self.per_tenant, sock.tenant_id)
+        if sock.api_key_id is not None:
+            _release(self.per_key, sock.api_key_id)
         if sock.task is not None and sock.task is not asyncio.current_task():
             sock.task.cancel()
 
@@ -202,6 +232,26 @@ class Bridge:
             await self.sio.emit(event_type, data, to=sid)
         sock.held = None
         self.syncing.discard(sid)
+
+    async def close_revoked(self) -> None:
+        """Runs for the process's life: sockets whose session's API key was revoked close."""
+        seen: int | None = None
+        while True:
+            await asyncio.sleep(REVOCATION_CHECK_SECONDS)
+            epoch = self.authenticator.revocation_epoch
+            if not self.per_key or (epoch is not None and epoch == seen):
+                continue
+            try:
+                revoked = await self.authenticator.revoked_among(set(self.per_key))
+            except Exception as exc:  # the database away: checked again next round
+                log.warning("revocation check failed", extra=log_fields(error=type(exc).__name__))
+                continue
+            seen = epoch
+            for sid, sock in list(self.sockets.items()):
+                if sock.api_key_id in revoked:
+                    await self._close(
+                        sid, "SESSION_REVOKED", "the API key that minted the session was revoked"
+                    )
 
     async def _close(self, sid: str, reason: str, message: str) -> None:
         CLOSED.labels(reason).inc()
@@ -252,15 +302,21 @@ class Bridge:
     # --- process lifecycle (ASGI lifespan) -------------------------------------------------
 
     async def startup(self) -> None:
-        self._task = asyncio.create_task(self.consumer.run(), name="consumer")
+        self._tasks = [
+            asyncio.create_task(self.consumer.run(), name="consumer"),
+            asyncio.create_task(self.sio.close_idle(), name="close-idle"),
+            asyncio.create_task(self.close_revoked(), name="close-revoked"),
+        ]
 
     async def shutdown(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.consumer.close()
+        await self.authenticator.close()
         await self.engine.dispose()
         log.info("socket bridge stopped")
 

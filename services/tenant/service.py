@@ -115,6 +115,8 @@ class TenantService(pb_grpc.TenantServiceServicer):
             user_id=user_id,
             name=request.name if request.HasField("name") else None,
             ttl_seconds=ttl,
+            # Revoking this key ends the session (the Authenticator checks it).
+            api_key_id=principal.api_key_id,
         )
         return pb.CreateSessionResponse(
             token=token, expires_at=timestamp_pb2.Timestamp(seconds=expires_at)

@@ -5,10 +5,11 @@ limits, the webhook guard on) and for checks across replicas."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from devstack import envoy
 from devstack.procs import Proc, free_port, grpc_serving, http_ok, wait_until
@@ -24,8 +25,16 @@ class Front:
 
 
 @contextmanager
-def front(stack: Stack, name: str, services: tuple[str, ...], **env: str) -> Iterator[Front]:
-    """Replicas of `services` started with `env`; the other services are the stack's."""
+def front(
+    stack: Stack,
+    name: str,
+    services: tuple[str, ...],
+    *,
+    envoy_options: Mapping[str, Any] | None = None,
+    **env: str,
+) -> Iterator[Front]:
+    """Replicas of `services` started with `env`; the other services are the stack's.
+    `envoy_options` go to devstack.envoy.render (e.g. a low per-address rate limit)."""
     procs: dict[str, Proc] = {}
     upstreams = {s: f"127.0.0.1:{stack.grpc_ports[s]}" for s in SERVICES}
     try:
@@ -53,6 +62,7 @@ def front(stack: Stack, name: str, services: tuple[str, ...], **env: str) -> Ite
                 ),
                 listen_port=listen,
                 admin_port=admin,
+                **(envoy_options or {}),
             )
         )
         procs["envoy"] = Proc(f"{name}-envoy", envoy.command(config), stack.env(), stack.workdir)

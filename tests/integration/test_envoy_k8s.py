@@ -1,7 +1,10 @@
 """The production Envoy config as shipped (deploy/k8s/overlays/prod), run for real on
 loopback: TLS from a Kubernetes-style Secret volume and its rotation without a restart,
-plain HTTP only redirecting, the internal listener routing nothing but LiveKit's webhook,
-the metrics listener exposing nothing but stats, and the preStop drain."""
+plain HTTP only redirecting, the internal listener routing nothing but LiveKit's webhook
+(and the public one not routing it), the gRPC listener serving gRPC over TLS with server
+reflection and nothing else, the metrics listener exposing nothing but stats, and the
+preStop drain. With the test stack's services behind it, internal services' gRPC calls
+and reflection work end to end over TLS."""
 
 from __future__ import annotations
 
@@ -10,25 +13,41 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 import yaml
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from sendsar.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
-from devstack import envoy
+from devstack import envoy as envoy_render
 from devstack.procs import ROOT, Proc, free_port, http_ok, python_env, wait_until
+from tests.conftest import Tenant
+from tests.integration.test_grpc_via_envoy import error_info, failure
+from tests.stack import Stack
 
 K8S = ROOT / "deploy" / "k8s"
 OPENSSL_REQ = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
 
+GRPC_HOST = "envoy-grpc.sendsar-calls.svc"  # the name internal services dial
+
+
 def make_cert(directory: Path, name: str) -> tuple[bytes, bytes]:
     key, crt = directory / f"{name}.key", directory / f"{name}.crt"
     subprocess.run(
-        [*OPENSSL_REQ, "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(crt)],
+        [
+            *OPENSSL_REQ,
+            *("-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"),
+            *("-keyout", str(key), "-out", str(crt)),
+        ],
         check=True,
         capture_output=True,
     )
@@ -54,34 +73,50 @@ def publish_secret(volume: Path, crt: bytes, key: bytes, version: int) -> None:
 class Front:
     ports: dict[str, int]
     tls_volume: Path
+    grpc_cert: bytes  # what the gRPC listener serves (self-signed: also the client's root)
     admin_port: int
 
     def url(self, listener: str, path: str) -> str:
-        scheme = "https" if listener == "public_tls" else "http"
+        scheme = "https" if listener in ("public_tls", "internal_grpc") else "http"
         return f"{scheme}://127.0.0.1:{self.ports[listener]}{path}"
 
     def served_cert(self) -> str:
         return ssl.get_server_certificate(("127.0.0.1", self.ports["public_tls"]))
+
+    def grpc_channel(self) -> grpc.Channel:
+        """What an internal service dials: TLS to envoy-grpc.sendsar-calls.svc."""
+        return grpc.secure_channel(
+            f"127.0.0.1:{self.ports['internal_grpc']}",
+            grpc.ssl_channel_credentials(root_certificates=self.grpc_cert),
+            options=[("grpc.ssl_target_name_override", GRPC_HOST)],
+        )
 
 
 def same_cert(pem_a: str, pem_b: bytes) -> bool:
     return ssl.PEM_cert_to_DER_cert(pem_a) == ssl.PEM_cert_to_DER_cert(pem_b.decode())
 
 
-@pytest.fixture(scope="module")
-def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
-    """Envoy with the prod overlay's envoy.yaml and sds.yaml, paths and ports moved to a
-    scratch directory and free ports (no upstream runs: routing ends in 503)."""
-    work = tmp_path_factory.mktemp("envoy-prod")
-    etc, tls = work / "etc-envoy", work / "envoy-tls"
-    etc.mkdir()
-    tls.mkdir()
+def _endpoint(address: str) -> dict[str, object]:
+    host, _, port = address.rpartition(":")
+    return {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}
+
+
+@contextmanager
+def prod_envoy(work: Path, upstreams: dict[str, list[str]] | None = None) -> Iterator[Front]:
+    """Envoy with the prod overlay's envoy.yaml and SDS files, paths and ports moved to a
+    scratch directory and free ports. `upstreams` (cluster -> host:port) replaces the
+    clusters' in-cluster names; without it no upstream runs and routing ends in 503."""
+    etc, tls, grpc_tls = work / "etc-envoy", work / "envoy-tls", work / "envoy-grpc-tls"
+    for directory in (etc, tls, grpc_tls):
+        directory.mkdir()
     shutil.copy(K8S / "generated" / "descriptors.binpb", etc / "descriptors.binpb")
 
     def moved(text: str) -> str:
+        text = text.replace("/etc/envoy-grpc-tls", str(grpc_tls))
         return text.replace("/etc/envoy-tls", str(tls)).replace("/etc/envoy/", f"{etc}/")
 
-    (etc / "sds.yaml").write_text(moved((K8S / "overlays" / "prod" / "sds.yaml").read_text()))
+    for sds in ("sds.yaml", "sds-grpc.yaml"):
+        (etc / sds).write_text(moved((K8S / "overlays" / "prod" / sds).read_text()))
     config = yaml.safe_load(moved((K8S / "overlays" / "prod" / "envoy.yaml").read_text()))
     ports = {}
     for listener in config["static_resources"]["listeners"]:
@@ -93,17 +128,29 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
         if cluster["name"] == "envoy_admin":
             endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
             endpoint["endpoint"]["address"]["socket_address"]["port_value"] = admin_port
+        elif upstreams and cluster["name"] in upstreams:
+            cluster["load_assignment"]["endpoints"] = [
+                {"lb_endpoints": [_endpoint(a) for a in upstreams[cluster["name"]]]}
+            ]
     (etc / "envoy.yaml").write_text(yaml.safe_dump(config))
-    assert set(ports) == {"public_tls", "public_http", "internal", "metrics"}
+    assert set(ports) == {"public_tls", "public_http", "internal", "internal_grpc", "metrics"}
 
     crt, key = make_cert(work, "first.test")
     publish_secret(tls, crt, key, 1)
-    proc = Proc("envoy-prod", envoy.command(etc / "envoy.yaml"), python_env({}), work)
+    grpc_crt, grpc_key = make_cert(work, GRPC_HOST)
+    publish_secret(grpc_tls, grpc_crt, grpc_key, 1)
+    proc = Proc("envoy-prod", envoy_render.command(etc / "envoy.yaml"), python_env({}), work)
     try:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{admin_port}/ready"), "envoy", proc=proc)
-        yield Front(ports, tls, admin_port)
+        yield Front(ports, tls, grpc_crt, admin_port)
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    with prod_envoy(tmp_path_factory.mktemp("envoy-prod")) as f:
+        yield f
 
 
 def test_https_serves_the_secret_s_certificate_and_routes(front: Front) -> None:
@@ -161,3 +208,82 @@ def test_prestop_hook_takes_the_pod_out_of_rotation(front: Front) -> None:
     assert httpx.get(front.url("internal", "/ready")).status_code == 503
     # Still answering while the load balancer lets go.
     assert httpx.get(front.url("public_tls", "/v1/tenant/settings"), verify=False).status_code
+
+
+def test_the_public_listener_does_not_route_livekit_s_webhook(front: Front) -> None:
+    """LiveKit posts to the internal listener; from outside its route is not there."""
+    reply = httpx.post(
+        front.url("public_tls", "/livekit/webhook"),
+        content=b"{}",
+        headers={"Content-Type": "application/webhook+json", "Authorization": "x"},
+        verify=False,
+    )
+    assert reply.status_code == 404, reply.text
+    assert reply.json()["details"][0]["reason"] == "NOT_FOUND"
+
+
+def test_the_grpc_listener_serves_grpc_over_tls_and_nothing_else(front: Front) -> None:
+    with front.grpc_channel() as channel:
+        tenants = tenant_pb2_grpc.TenantServiceStub(channel)
+        # Routed to the tenant cluster, which has no pod here: a gRPC status, not JSON.
+        err = failure(lambda: tenants.GetSettings(tenant_pb2.GetSettingsRequest(), timeout=10))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+        assert error_info(err).reason == "UNAVAILABLE"
+        webhook = channel.unary_unary("/sendsar.calls.v1.CallService/HandleLivekitWebhook")
+        err = failure(lambda: webhook(b"", timeout=10))
+        assert err.code() == grpc.StatusCode.UNIMPLEMENTED, err
+    # No REST there, and no plaintext.
+    reply = httpx.get(front.url("internal_grpc", "/v1/tenant/settings"), verify=False)
+    assert reply.status_code == 404, reply.text
+    with grpc.insecure_channel(f"127.0.0.1:{front.ports['internal_grpc']}") as plain:
+        stub = tenant_pb2_grpc.TenantServiceStub(plain)
+        err = failure(lambda: stub.GetSettings(tenant_pb2.GetSettingsRequest(), timeout=5))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.fixture(scope="module")
+def served(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
+    """The prod config in front of the test stack's services."""
+    upstreams = {name: stack.addresses(name) for name in ("tenant", "chat", "calls")}
+    upstreams["socket_bridge"] = [f"127.0.0.1:{stack.bridge_port}"]
+    with prod_envoy(tmp_path_factory.mktemp("envoy-prod-served"), upstreams) as f:
+        yield f
+
+
+def test_internal_services_call_grpc_over_tls_with_reflection(
+    served: Front, tenant: Tenant
+) -> None:
+    with served.grpc_channel() as channel:
+        tenants = tenant_pb2_grpc.TenantServiceStub(channel)
+        auth = [("authorization", f"Bearer {tenant.api_key}")]
+        session = tenants.CreateSession(
+            tenant_pb2.CreateSessionRequest(user_id="alice"), metadata=auth
+        )
+        settings = tenants.GetSettings(
+            tenant_pb2.GetSettingsRequest(), metadata=[("authorization", f"Bearer {session.token}")]
+        )
+        assert settings.calls.max_participants == 8
+        err = failure(lambda: tenants.GetSettings(tenant_pb2.GetSettingsRequest()))
+        assert (err.code(), error_info(err).reason) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "UNAUTHENTICATED",
+        )
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert {
+            "sendsar.tenant.v1.TenantService",
+            "sendsar.chat.v1.ChatService",
+            "sendsar.calls.v1.CallService",
+        } <= services
+
+
+def test_reflection_is_not_offered_on_the_public_listener(served: Front) -> None:
+    public = grpc.secure_channel(
+        f"127.0.0.1:{served.ports['public_tls']}",
+        grpc.ssl_channel_credentials(
+            root_certificates=(served.tls_volume / "tls.crt").read_bytes()
+        ),
+        options=[("grpc.ssl_target_name_override", "first.test")],
+    )
+    with public:
+        err = failure(lambda: ProtoReflectionDescriptorDatabase(public).get_services())
+        assert err.code() == grpc.StatusCode.UNIMPLEMENTED, err

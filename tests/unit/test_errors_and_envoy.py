@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from devstack import envoy, request_guard
+from devstack import envoy, envoy_replies, request_guard
 from services.common.errors import DOMAIN, invalid
 
 
@@ -71,5 +72,39 @@ def test_request_guard_knows_both_json_names_of_a_field_and_the_rest_paths() -> 
     line = next(s for s in source.splitlines() if create_session in s)
     assert '["userId"] = {["name"] = "userId", ["key"] = "userId"}' in line
     assert '["user_id"] = {["name"] = "userId", ["key"] = "userId"}' in line
-    assert '"pattern"] = "^/chat/rooms/[^/]+/calls/[^/]+/accept$"' in source
-    assert "/livekit/webhook" not in source  # a raw body (HttpBody): LiveKit signs it
+    trie = request_guard._schema(envoy.DESCRIPTORS).trie
+    accept = trie
+    for segment in ["chat", "rooms", "*", "calls", "*", "accept"]:
+        accept = accept["kids"][segment]  # type: ignore[index]
+    assert accept["res"] == {"POST": ".sendsar.calls.v1.AcceptCallRequest"}
+    # A raw body (HttpBody): LiveKit signs it, so nothing to check.
+    webhook = trie["kids"]["livekit"]["kids"]["webhook"]  # type: ignore[index]
+    assert webhook["res"] == {"POST": False}
+
+
+def test_path_templates_split_as_the_transcoder_splits_them() -> None:
+    assert request_guard._template("/chat/rooms/{room_id}/calls") == (
+        ["chat", "rooms", "*", "calls"],
+        "",
+    )
+    assert request_guard._template("/v1/{name=projects/*/docs/**}:cancel") == (
+        ["v1", "projects", "*", "docs", "**"],
+        "cancel",
+    )
+    assert request_guard._template("/v1/sessions") == (["v1", "sessions"], "")
+
+
+def test_envoys_grpc_replies_carry_one_error_info() -> None:
+    """What a gRPC client decodes from Envoy's own replies (grpc-status-details-bin)."""
+    for reply in [*envoy_replies.REPLIES.values(), envoy_replies.OTHER_REPLY]:
+        status = status_pb2.Status()
+        status.ParseFromString(base64.b64decode(reply.status_details_bin()))
+        assert (status.code, status.message) == (reply.grpc_code.value[0], reply.message)
+        [detail] = status.details
+        info = error_details_pb2.ErrorInfo()
+        assert detail.Unpack(info)
+        assert (info.reason, info.domain) == (reply.reason, DOMAIN)
+    limited = envoy_replies.REPLIES[429]
+    assert limited.grpc_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(limited.metadata) == {"scope": "address"}
+    assert envoy_replies.REPLIES[413].grpc_code == grpc.StatusCode.RESOURCE_EXHAUSTED
