@@ -30,6 +30,7 @@ from services.common import validation
 from services.common.auth import LINK_TOKEN_PREFIX, GuestTokens, Kind, Policy, current_principal
 from services.common.db import open_pool
 from services.common.errors import invalid, unauthenticated
+from services.common.rate_limit import spend_public_budget
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
 from services.events.relay import relay_jobs
@@ -258,6 +259,7 @@ class CallService(pb_grpc.CallServiceServicer):
         self, request: pb.CreateGuestRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateGuestResponse:
         """A guest knocks with a call link, presented as the bearer token."""
+        spend_public_budget()  # every knock (each link has a rate of its own too)
         metadata = dict(context.invocation_metadata() or ())
         scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
         if scheme.lower() != "bearer" or not token.startswith(LINK_TOKEN_PREFIX):
@@ -304,6 +306,7 @@ class CallService(pb_grpc.CallServiceServicer):
         signal = self.media.webhook_signal(
             request.data, authorization if isinstance(authorization, str) else None
         )
+        spend_public_budget()  # after the signature: unsigned junk spends none of it
         if signal is not None:
             await self.calls.media_signal(signal)
         return empty_pb2.Empty()

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import auth, db, tracing, validation
+from services.common import auth, db, rate_limit, tracing, validation
 from services.common.errors import INTERNAL, UNAVAILABLE, ServiceError, unauthenticated
 from services.common.logging import log_fields, request_id_var, tenant_id_var
 from services.common.models import API_KEYS
@@ -302,7 +302,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             span = tracing.rpc_span(method, metadata)  # None while tracing is off
             try:
                 if policy is auth.Policy.PUBLIC:
-                    self.limiter.check_public(method)
+                    # Spent by the RPC after it checked its own credential.
+                    rate_limit.public_budget.set(lambda: self.limiter.check_public(method))
                 else:
                     principal = await self.authenticator.authenticate(metadata)
                     auth.check_policy(policy, principal)

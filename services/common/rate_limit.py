@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import grpc
 
@@ -71,6 +72,19 @@ def rate_limited(scope: str) -> ServiceError:
         f"too many requests for this {scope}; slow down and retry",
         metadata={"scope": scope},
     )
+
+
+# A public RPC's budget, spent by the RPC itself once it has checked its own credential (a
+# LiveKit signature): requests that fail the check spend none of it, so junk cannot use
+# up what the real sender needs. Set by the interceptor for each public request.
+public_budget: ContextVar[Callable[[], None] | None] = ContextVar("public_budget", default=None)
+
+
+def spend_public_budget() -> None:
+    """Spends one request of the current public RPC's budget (429 beyond)."""
+    spend = public_budget.get()
+    if spend is not None:
+        spend()
 
 
 class RateLimiter:

@@ -10,9 +10,12 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from livekit.protocol import models
+from livekit.protocol import webhook as lk_webhook
 
 from tests.conftest import Tenant, error_reason
 from tests.integration.fronts import Front, front
+from tests.integration.test_livekit_media import signed_webhook
 from tests.stack import Stack
 
 CREDENTIAL_BURST = 6
@@ -101,18 +104,26 @@ def test_livekit_webhooks_have_their_own_budget(
         assert _scope(replies[-1]) == "credential"
     with httpx.Client(base_url=limited.rest, timeout=20) as anonymous:
 
-        def webhook() -> httpx.Response:
+        def webhook(authorization: str, body: str = "{}") -> httpx.Response:
             return anonymous.post(
                 "/livekit/webhook",
-                content=b"{}",
-                headers={"Content-Type": "application/webhook+json", "Authorization": "x"},
+                content=body.encode(),
+                headers={
+                    "Content-Type": "application/webhook+json",
+                    "Authorization": authorization,
+                },
             )
 
-        # ... leaves LiveKit's budget whole (unsigned bodies are refused, but not limited),
-        first = [webhook().status_code for _ in range(LIVEKIT_BURST)]
-        assert 429 not in first and all(400 <= s < 500 for s in first), first
+        event = lk_webhook.WebhookEvent(event="room_started", room=models.Room(name="r"))
+        body, signature = signed_webhook(event)
+        # ... leaves LiveKit's budget whole; so does a flood of unsigned junk, which is
+        # refused without spending any of it (the budget is spent after the signature),
+        junk = [webhook("x").status_code for _ in range(3 * LIVEKIT_BURST)]
+        assert junk == [401] * len(junk), junk
+        signed = [webhook(signature, body).status_code for _ in range(LIVEKIT_BURST)]
+        assert signed == [200] * LIVEKIT_BURST, signed
         # and LiveKit's own flood is limited by its budget alone,
-        assert _scope(webhook()) == "endpoint"
+        assert _scope(webhook(signature, body)) == "endpoint"
     # while the tenant's other users on that replica carry on.
     with _client(limited, tenant.session_token("bob")) as bob:
         assert bob.get(active).status_code == 200
