@@ -146,11 +146,18 @@ class TenantService(pb_grpc.TenantServiceServicer):
                 raise invalid(
                     "events", f"unknown event type {event[:64]!r}; known: {', '.join(EVENT_TYPES)}"
                 )
+        try:
+            ssrf_guard.target(url)  # what delivery will parse it as
+        except ValueError:
+            raise invalid("url", "must be an absolute http or https URL") from None
         if not self.settings.WEBHOOK_ALLOW_PRIVATE_TARGETS:
             try:
                 await ssrf_guard.check_url(url)
-            except ssrf_guard.TargetNotAllowed as exc:
-                raise invalid("url", str(exc), reason="WEBHOOK_TARGET_NOT_ALLOWED") from None
+            except ssrf_guard.TargetNotAllowed:
+                # One fixed text: which addresses a name has (or that it has none) stays ours.
+                raise invalid(
+                    "url", ssrf_guard.REFUSED, reason="WEBHOOK_TARGET_NOT_ALLOWED"
+                ) from None
         async with transaction(self.engine) as conn:
             secret = await repo.put_webhook(conn, tenant_id=tenant_id, url=url, events=events)
         return pb.PutWebhookResponse(url=url, events=events, secret=secret)
