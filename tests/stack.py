@@ -44,6 +44,8 @@ class Stack:
     # Where LiveKit sends its webhooks (default: our intake through Envoy).
     livekit_webhook_url: str | None = None
     livekit_enabled: bool = False
+    # Extra server options of this stack's PostgreSQL ("-c", "name=value", ...).
+    postgres_options: tuple[str, ...] = ()
 
     @property
     def database_url(self) -> str:
@@ -82,7 +84,7 @@ class Stack:
         postgres.init(pgdata)
         self.procs["postgres"] = Proc(
             "postgres",
-            postgres.server_command(pgdata, self.pg_port),
+            [*postgres.server_command(pgdata, self.pg_port), *self.postgres_options],
             python_env({}),
             self.workdir,
             user=postgres.run_as(),

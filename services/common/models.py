@@ -280,6 +280,13 @@ class WebhookDelivery(SQLModel, table=True):
             "next_attempt_at",
             postgresql_where=text("status = 'pending'"),
         ),
+        # The dispatcher's claim: tenants with pending rows, then each one's oldest due.
+        Index(
+            "ix_webhook_deliveries_tenant_due",
+            "tenant_id",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
         # Retention prunes finished deliveries oldest first.
         Index(
             "ix_webhook_deliveries_finished",
