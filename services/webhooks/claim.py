@@ -11,6 +11,16 @@ lazily: it stops as soon as the claim is full, or after `steps` tenants. Nothing
 hashes or scans more than it returns, so no statistics can make the planner multiply
 the backlog by itself (the plan is in docs/decisions.md, "Webhook dispatcher").
 
+Statistics still choose among plans for the same text: with a table analysed while
+empty, PostgreSQL 18 served the walk's "next tenant" from the other pending index
+(`ix_webhook_deliveries_due`, on next_attempt_at) plus a sort of every pending row, per
+step. So the connections that claim run with the plan shapes this statement must never
+take switched off (`PLAN_SHAPES`: sequential and bitmap scans, sorts, hash and merge
+joins). Since PostgreSQL 18 a plan with fewer disabled nodes always wins, so the planner
+is left with index scans in index order, nested loops and the recursive union,
+whatever it estimates. The deliverer's pool serves only the deliverer; its other
+statements (settle by primary key, the next retry by index) keep their plans.
+
 The leased rows come back with the tenant's endpoint (URL and secret, read now so a
 changed URL or a rotated secret applies to retries). A last row with a NULL id tells
 where the walk stopped when it was not cut short by a full claim: the tenant at the
@@ -20,12 +30,19 @@ next claim starts again from the first).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
+
+# Session settings of a connection that claims (see above), set once per connection.
+PLAN_SHAPES = """
+SELECT set_config('enable_seqscan', 'off', false), set_config('enable_bitmapscan', 'off', false),
+       set_config('enable_sort', 'off', false), set_config('enable_hashjoin', 'off', false),
+       set_config('enable_mergejoin', 'off', false)"""
 
 # The claim's parameters travel as arrays, so the text is fixed and psycopg prepares it.
 CLAIM = """
@@ -92,6 +109,7 @@ class FairClaim:
         self.share = share
         self.lease_seconds = lease_seconds
         self.after = ""  # tenant ids are never empty: "" is before every tenant
+        self._shaped: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
 
     def steps(self, limit: int) -> int:
         """How many tenants one claim may visit: enough to fill it from tenants with a
@@ -103,6 +121,9 @@ class FairClaim:
     ) -> list[Claimed]:
         """Leases at most `limit` due rows; `in_flight` counts this replica's requests per
         tenant (a tenant at its share is skipped, others get what is left of theirs)."""
+        if conn not in self._shaped:
+            await conn.execute(PLAN_SHAPES)
+            self._shaped.add(conn)
         busy = list(in_flight)
         cur = await conn.execute(
             CLAIM,
