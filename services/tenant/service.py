@@ -1,4 +1,5 @@
-"""TenantService: sessions, settings and the webhook endpoint of the caller's tenant."""
+"""TenantService: sessions, settings and the webhook endpoint of the caller's tenant; its
+webhook deliveries and events feed RPCs live in deliveries.py and feed.py."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from services.common.db import transaction
 from services.common.errors import invalid, not_found
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
-from services.events.types import ALL as EVENT_TYPES
 from services.tenant import repo
+from services.tenant.deliveries import WebhookDeliveries, event_types
+from services.tenant.feed import EventsFeed, Wakeups
 from services.webhooks import ssrf_guard
 
 POLICIES = {
@@ -32,6 +34,10 @@ POLICIES = {
     "CreateApiKey": Policy.API_KEY,
     "ListApiKeys": Policy.API_KEY,
     "DeleteApiKey": Policy.API_KEY,
+    "ListWebhookDeliveries": Policy.API_KEY,
+    "RetryWebhookDelivery": Policy.API_KEY,
+    "ReplayWebhook": Policy.API_KEY,
+    "ListEvents": Policy.API_KEY,
 }
 
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
@@ -86,10 +92,14 @@ def settings_changes(update: pb.CallSettingsUpdate) -> dict[str, Any]:
     return changes
 
 
-class TenantService(pb_grpc.TenantServiceServicer):
+class TenantService(WebhookDeliveries, EventsFeed, pb_grpc.TenantServiceServicer):
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.engine = engine
+        # The events feed's long polls (services/tenant/feed.py).
+        self.wakeups = Wakeups(settings)
+        self.waiting: dict[str, int] = {}  # tenant -> requests waiting now
+        self._lanes: dict[str, int] = {}  # tenant -> its outbox lane
 
     async def CreateSession(
         self, request: pb.CreateSessionRequest, context: Any
@@ -140,12 +150,7 @@ class TenantService(pb_grpc.TenantServiceServicer):
     ) -> pb.PutWebhookResponse:
         tenant_id = current_principal().tenant_id
         url = validation.http_url(request.url)
-        events = list(dict.fromkeys(request.events))
-        for event in events:
-            if event not in EVENT_TYPES:
-                raise invalid(
-                    "events", f"unknown event type {event[:64]!r}; known: {', '.join(EVENT_TYPES)}"
-                )
+        events = event_types(list(request.events), "events")
         try:
             ssrf_guard.target(url)  # what delivery will parse it as
         except ValueError:
@@ -212,4 +217,6 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
         pb_grpc.add_TenantServiceServicer_to_server(servicer, server)
 
     name = pb.DESCRIPTOR.services_by_name["TenantService"].full_name
-    return ServiceParts(registrations=[Registration(add, name, POLICIES)])
+    return ServiceParts(
+        registrations=[Registration(add, name, POLICIES)], closers=[servicer.wakeups.close]
+    )

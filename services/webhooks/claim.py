@@ -74,15 +74,15 @@ leased AS (
     UPDATE webhook_deliveries d SET lease_until = now() + make_interval(secs => %(lease)s)
     FROM picked p WHERE d.id = p.id
     RETURNING d.id, d.tenant_id, d.event_id, d.event_type, d.body, d.attempts, d.created_at,
-              p.step
+              d.replay_id <> '' AS chained, p.step
 )
-SELECT l.id, l.tenant_id, l.event_id, l.event_type, l.body, l.attempts, l.created_at, l.step,
-       e.url, e.secret
+SELECT l.id, l.tenant_id, l.event_id, l.event_type, l.body, l.attempts, l.created_at,
+       l.chained, l.step, e.url, e.secret
 FROM leased l
 LEFT JOIN LATERAL (SELECT url, secret FROM webhook_endpoints e WHERE e.tenant_id = l.tenant_id) e
   ON true
 UNION ALL
-SELECT NULL, w.tenant_id, NULL, NULL, NULL, NULL, NULL, w.step, NULL, NULL
+SELECT NULL, w.tenant_id, NULL, NULL, NULL, NULL, NULL, NULL, w.step, NULL, NULL
 FROM walk w
 WHERE (SELECT count(*) FROM leased) < %(limit)s AND w.step = (SELECT max(step) FROM walk)"""
 
@@ -98,6 +98,7 @@ class Claimed:
     body: str
     attempts: int
     created_at: datetime
+    chained: bool  # part of a replay (its next event waits for this attempt)
     url: str | None
     secret: str | None
 
@@ -141,12 +142,24 @@ class FairClaim:
         claimed: list[Claimed] = []
         last_step, last_tenant = 0, self.after
         for row in rows:
-            id_, tenant, event_id, event_type, body, attempts, created_at, step, url, secret = row
+            id_, tenant, event_id, event_type, body, attempts, created_at, chained = row[:8]
+            step, url, secret = row[8:]
             if id_ is None:  # where the walk stopped: a tenant at the step limit, or the end
                 last_tenant = tenant or ""
                 break
             claimed.append(
-                Claimed(id_, tenant, event_id, event_type, body, attempts, created_at, url, secret)
+                Claimed(
+                    id_,
+                    tenant,
+                    event_id,
+                    event_type,
+                    body,
+                    attempts,
+                    created_at,
+                    chained,
+                    url,
+                    secret,
+                )
             )
             if step >= last_step:
                 last_step, last_tenant = step, tenant

@@ -139,7 +139,9 @@ class Deliverer:
     async def open(self) -> None:
         # Claims, settles and the idle read: never more than three at once.
         self._pool = await open_pool(self.settings, 3)
-        self._settler = Settler(self._pool, self.settings.WEBHOOK_MAX_AGE_SECONDS, self.recorded)
+        self._settler = Settler(
+            self._pool, self.settings.WEBHOOK_MAX_AGE_SECONDS, self.recorded, self.wakeup.set
+        )
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -164,7 +166,7 @@ class Deliverer:
     async def attempt(self, http: aiohttp.ClientSession, row: Claimed) -> Outcome:
         """One POST of one row; its outcome (never raises for the receiver's failures)."""
 
-        def outcome(error: str | None, *, final: bool = False) -> Outcome:
+        def outcome(error: str | None, *, code: int | None = None, final: bool = False) -> Outcome:
             delay = 0.0 if error is None else next_delay(self.settings, row.attempts)
             return Outcome(
                 row.id,
@@ -173,8 +175,11 @@ class Deliverer:
                 row.event_type,
                 row.attempts + 1,
                 error,
+                code=code,
+                url=row.url,
                 final=final,
                 delay=delay,
+                chained=row.chained,
             )
 
         if row.url is None or row.secret is None:
@@ -191,14 +196,15 @@ class Deliverer:
             post = http.post(target, data=body, headers=headers, allow_redirects=False)
             async with post as reply:
                 # The response body is never read: we neither need nor store it.
+                code: int | None = reply.status
                 error = None if 200 <= reply.status < 300 else f"http {reply.status}"
         except ssrf_guard.TargetNotAllowed:
-            error = "target not allowed"  # retried: the tenant may fix its DNS or URL
+            code, error = None, "target not allowed"  # retried: the tenant may fix it
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            error = failure(exc)
+            code, error = None, failure(exc)
         finally:
             SECONDS.observe(time.perf_counter() - started)
-        return outcome(error)
+        return outcome(error, code=code)
 
     async def send(self, http: aiohttp.ClientSession, row: Claimed) -> None:
         """Sends one row and hands its outcome to the settler; never raises (a lost

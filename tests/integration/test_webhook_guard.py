@@ -114,6 +114,7 @@ async def test_delivery_refuses_private_targets_unless_allowed(
             "{}",
             0,
             datetime.now(UTC),
+            False,
             f"http://{host}:{port}/hook",
             "whsec_test",
         )
