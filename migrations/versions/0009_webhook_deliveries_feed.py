@@ -66,8 +66,14 @@ def upgrade() -> None:
 
     op.execute("ALTER TABLE outbox ADD COLUMN xid xid8 NOT NULL DEFAULT '0'")
     op.execute("ALTER TABLE outbox ALTER COLUMN xid SET DEFAULT pg_current_xact_id()")
-    op.create_index("ix_outbox_tenant_feed", "outbox", ["tenant_id", "xid", "seq"])
-    op.create_index("ix_outbox_tenant_created_at", "outbox", ["tenant_id", "created_at"])
+    # Built here without CONCURRENTLY (one transaction, under the migration lock): on a
+    # large outbox, build them by hand with CREATE INDEX CONCURRENTLY first, same names.
+    op.create_index(
+        "ix_outbox_tenant_feed", "outbox", ["tenant_id", "xid", "seq"], if_not_exists=True
+    )
+    op.create_index(
+        "ix_outbox_tenant_created_at", "outbox", ["tenant_id", "created_at"], if_not_exists=True
+    )
 
 
 def downgrade() -> None:
