@@ -17,7 +17,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import timestamp_pb2
 from prometheus_client import Counter
 from sendsar.calls.v1 import events_pb2
 from sendsar.tenant.v1 import tenant_pb2 as pb
@@ -33,6 +32,7 @@ from services.common.models import new_id
 from services.common.settings import Settings
 from services.events import types
 from services.tenant import cursors
+from services.tenant.convert import timestamp
 from services.webhooks.intake import delivery_body
 
 RETRIES = Counter("webhook_retries_requested_total", "Deliveries sent again on request")
@@ -93,14 +93,6 @@ SELECT d.id, :tenant, d.event_id, d.event_type, d.body, 'pending', 0, :url, :rep
        (d.n - 1)::int, CASE WHEN d.n = 1 THEN now() ELSE 'infinity' END
 FROM unnest(CAST(:ids AS text[]), CAST(:events AS text[]), CAST(:types AS text[]),
             CAST(:bodies AS text[])) WITH ORDINALITY AS d(id, event_id, event_type, body, n)"""
-
-
-def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def delivery_pb(row: Row[Any]) -> pb.WebhookDelivery:

@@ -20,6 +20,7 @@ from services.common.errors import invalid, not_found
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
 from services.tenant import repo
+from services.tenant.convert import timestamp
 from services.tenant.deliveries import WebhookDeliveries, event_types
 from services.tenant.feed import EventsFeed, Wakeups
 from services.webhooks import ssrf_guard
@@ -43,20 +44,12 @@ POLICIES = {
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def _api_key(row: Row[Any]) -> pb.ApiKey:
     return pb.ApiKey(
         id=row.id,
         prefix=f"{API_KEY_PREFIX}{row.id}_",
-        created_at=_timestamp(row.created_at),
-        last_used_at=_timestamp(row.last_used_at),
+        created_at=timestamp(row.created_at),
+        last_used_at=timestamp(row.last_used_at),
     )
 
 
