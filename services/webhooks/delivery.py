@@ -94,11 +94,8 @@ def failure(exc: BaseException) -> str:
         return "tls error"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "dns error"
-    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
-        exc.os_error, ConnectionRefusedError
-    ):
-        return "connection refused"
-    if isinstance(exc, ConnectionRefusedError):
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(cause, ConnectionRefusedError):
         return "connection refused"
     return "connection error"
 
