@@ -222,8 +222,10 @@ class Deliverer:
             self.in_flight[row.tenant_id] -= 1
             if self.in_flight[row.tenant_id] <= 0:
                 del self.in_flight[row.tenant_id]
-            if self.concurrency - self.sending >= self.refill:
-                self.wakeup.set()  # enough slots are free for a claim
+            # Enough slots free for a claim. After a replay's event, the settle that makes
+            # the next one due wakes the loop instead: a claim now would find nothing.
+            if self.concurrency - self.sending >= self.refill and not row.chained:
+                self.wakeup.set()
 
     def recorded(self, outcome: Outcome, status: str) -> None:
         """Counts and logs an outcome once it is written (failures at INFO, the rest at
