@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import load, procstat, relay
+from bench import load, procstat, relay, webhooks
 from bench.load import Pair, Timings
 from devstack.procs import ROOT
 from services.common.auth import mint_session
@@ -53,6 +53,7 @@ TARGETS = {
     "ring_p99_ms_at_100": 25.0,
     "idle_socket_kib": 38.0,
     "relay_events_per_s": 5000.0,
+    "webhook_drain_per_s": 1000.0,
 }
 
 
@@ -252,6 +253,7 @@ def report(result: dict[str, Any]) -> None:
             f"  idle socket memory           bridge {idle['bridge_kib_per_socket']:.1f} KiB,"
             f" envoy {idle['envoy_kib_per_socket']:.1f} KiB ({idle['sockets']} sockets)"
         )
+    webhooks.report(result["webhooks"])
     print(
         "  targets: "
         + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["met"].items())
@@ -297,6 +299,7 @@ def main() -> None:
     finally:
         stack.stop_all()
     relay_figures = asyncio.run(relay.measure())
+    webhook_figures = webhooks.measure()
 
     ring100 = next((r for r in ring if r["rate"] == 100), None)
     result: dict[str, Any] = {
@@ -310,6 +313,7 @@ def main() -> None:
         "ring": ring,
         "idle": idle,
         "relay": relay_figures,
+        "webhooks": webhook_figures,
     }
     result["met"] = {
         "cpu_ms_per_lifecycle": (lifecycle["cpu_ms_per_lifecycle"] or 1e9)
@@ -319,6 +323,8 @@ def main() -> None:
         and ring100["p99_ms"] < TARGETS["ring_p99_ms_at_100"],
         "idle_socket": bool(idle) and idle["bridge_kib_per_socket"] <= TARGETS["idle_socket_kib"],
         "relay_events_per_s": relay_figures["relay_events_per_s"] >= TARGETS["relay_events_per_s"],
+        "webhook_drain_per_s": webhook_figures["webhook_drain_per_s"]
+        >= TARGETS["webhook_drain_per_s"],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{result['timestamp']}.json"

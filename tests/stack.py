@@ -58,6 +58,8 @@ class Stack:
     nats_cluster: NatsCluster | None = None
     pg_standby: bool = False
     standby_port: int = field(default_factory=free_port)
+    # Extra server settings of this stack's PostgreSQL ("name=value", ...).
+    postgres_settings: tuple[str, ...] = ()
 
     @property
     def database_url(self) -> str:
@@ -101,7 +103,7 @@ class Stack:
         settings = postgres.primary_settings(STANDBY_NAME) if self.pg_standby else []
         self.procs["postgres"] = Proc(
             "postgres",
-            postgres.server_command(pgdata, self.pg_port, *settings),
+            postgres.server_command(pgdata, self.pg_port, *settings, *self.postgres_settings),
             python_env({}),
             self.workdir,
             user=postgres.run_as(),

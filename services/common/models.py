@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import UserDefinedType
 from sqlmodel import Field, SQLModel
 
 LIVE_STATUSES = ("ringing", "active")
@@ -36,6 +37,15 @@ LIVE_STATUSES = ("ringing", "active")
 # The outbox's relay lane: a hash of the tenant over 8 lanes (services/events/relay.py).
 OUTBOX_LANES = 8
 OUTBOX_LANE_EXPRESSION = f"((hashtext(tenant_id) & 2147483647) % {OUTBOX_LANES})::smallint"
+
+
+class Xid8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (no wraparound), compared like a number."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
 
 
 def new_id(prefix: str) -> str:
@@ -263,6 +273,9 @@ class OutboxEvent(SQLModel, table=True):
             postgresql_where=text("published_at IS NULL"),
         ),
         Index("ix_outbox_created_at", "created_at"),
+        # The events feed (in feed order) and webhook replays (a window of one tenant).
+        Index("ix_outbox_tenant_feed", "tenant_id", "xid", "seq"),
+        Index("ix_outbox_tenant_created_at", "tenant_id", "created_at"),
     )
 
     seq: int | None = Field(
@@ -281,6 +294,12 @@ class OutboxEvent(SQLModel, table=True):
     lane: int | None = Field(
         default=None,
         sa_column=Column(SmallInteger, Computed(OUTBOX_LANE_EXPRESSION, persisted=True)),
+    )
+    # The writing transaction's id (the events feed's order and horizon: docs/webhooks.md);
+    # 0 for rows written before the column existed.
+    xid: int | None = Field(
+        default=None,
+        sa_column=Column(Xid8, nullable=False, server_default=text("pg_current_xact_id()")),
     )
 
 
@@ -308,9 +327,17 @@ class OutboxDeadLetter(SQLModel, table=True):
 class WebhookDelivery(SQLModel, table=True):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "event_id", name="uq_webhook_deliveries_event"),
+        # One live delivery per event; each replay makes one more.
+        UniqueConstraint("tenant_id", "event_id", "replay_id", name="uq_webhook_deliveries_event"),
         Index(
             "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # The dispatcher's claim: tenants with pending rows, then each one's oldest due.
+        Index(
+            "ix_webhook_deliveries_tenant_due",
+            "tenant_id",
             "next_attempt_at",
             postgresql_where=text("status = 'pending'"),
         ),
@@ -319,6 +346,15 @@ class WebhookDelivery(SQLModel, table=True):
             "ix_webhook_deliveries_finished",
             "created_at",
             postgresql_where=text("status <> 'pending'"),
+        ),
+        # The deliveries list, newest first.
+        Index("ix_webhook_deliveries_tenant_created", "tenant_id", "created_at", "id"),
+        # A replay's next event, released when the one before it was tried.
+        Index(
+            "ix_webhook_deliveries_replay",
+            "replay_id",
+            "replay_seq",
+            postgresql_where=text("replay_id <> ''"),
         ),
     )
 
@@ -334,6 +370,16 @@ class WebhookDelivery(SQLModel, table=True):
     last_error: str | None = None
     created_at: datetime | None = _ts(default_now=True)
     delivered_at: datetime | None = _ts(nullable=True)
+    # The endpoint's URL at intake, then at each attempt (NULL: queued by older code).
+    url: str | None = None
+    last_status_code: int | None = None
+    last_attempt_at: datetime | None = _ts(nullable=True)
+    # A failure after this marks the delivery failed (NULL: created_at + the retry
+    # window); a retry restarts the window.
+    give_up_at: datetime | None = _ts(nullable=True)
+    # "" for the live delivery of an event; a replay's id and the event's place in it.
+    replay_id: str = Field(default="", sa_column=Column(String, nullable=False, server_default=""))
+    replay_seq: int | None = None
 
 
 TENANTS = Tenant.__table__  # type: ignore[attr-defined]

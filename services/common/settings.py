@@ -133,7 +133,9 @@ class Settings(BaseSettings):
     WEBHOOK_MAX_AGE_SECONDS: int = 24 * 3600
     WEBHOOK_BASE_DELAY_SECONDS: float = 1.0
     WEBHOOK_MAX_DELAY_SECONDS: float = 3600.0
-    WEBHOOK_CONCURRENCY: int = 32
+    WEBHOOK_CONCURRENCY: int = 64
+    # GET /v1/events?wait=: requests of one tenant waiting at once, per replica (429 beyond).
+    EVENTS_MAX_WAITS_PER_TENANT: int = Field(default=10, ge=1, le=1000)
 
     # tracing (services/common/tracing.py): off while the endpoint is empty. The share of
     # traced requests is decided once, by Envoy for REST (and by a service for a request

@@ -1,4 +1,5 @@
-"""TenantService: sessions, settings and the webhook endpoint of the caller's tenant."""
+"""TenantService: sessions, settings and the webhook endpoint of the caller's tenant; its
+webhook deliveries and events feed RPCs live in deliveries.py and feed.py."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from services.common.db import transaction
 from services.common.errors import invalid, not_found
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
-from services.events.types import ALL as EVENT_TYPES
 from services.tenant import repo
+from services.tenant.convert import timestamp
+from services.tenant.deliveries import WebhookDeliveries, event_types
+from services.tenant.feed import EventsFeed, Wakeups
 from services.webhooks import ssrf_guard
 
 POLICIES = {
@@ -32,25 +35,21 @@ POLICIES = {
     "CreateApiKey": Policy.API_KEY,
     "ListApiKeys": Policy.API_KEY,
     "DeleteApiKey": Policy.API_KEY,
+    "ListWebhookDeliveries": Policy.API_KEY,
+    "RetryWebhookDelivery": Policy.API_KEY,
+    "ReplayWebhook": Policy.API_KEY,
+    "ListEvents": Policy.API_KEY,
 }
 
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
-
-
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def _api_key(row: Row[Any]) -> pb.ApiKey:
     return pb.ApiKey(
         id=row.id,
         prefix=f"{API_KEY_PREFIX}{row.id}_",
-        created_at=_timestamp(row.created_at),
-        last_used_at=_timestamp(row.last_used_at),
+        created_at=timestamp(row.created_at),
+        last_used_at=timestamp(row.last_used_at),
     )
 
 
@@ -92,10 +91,14 @@ def settings_changes(update: pb.CallSettingsUpdate) -> dict[str, Any]:
     return changes
 
 
-class TenantService(pb_grpc.TenantServiceServicer):
+class TenantService(WebhookDeliveries, EventsFeed, pb_grpc.TenantServiceServicer):
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.engine = engine
+        # The events feed's long polls (services/tenant/feed.py).
+        self.wakeups = Wakeups(settings)
+        self.waiting: dict[str, int] = {}  # tenant -> requests waiting now
+        self._lanes: dict[str, int] = {}  # tenant -> its outbox lane
 
     async def CreateSession(
         self, request: pb.CreateSessionRequest, context: Any
@@ -148,17 +151,19 @@ class TenantService(pb_grpc.TenantServiceServicer):
     ) -> pb.PutWebhookResponse:
         tenant_id = current_principal().tenant_id
         url = validation.http_url(request.url)
-        events = list(dict.fromkeys(request.events))
-        for event in events:
-            if event not in EVENT_TYPES:
-                raise invalid(
-                    "events", f"unknown event type {event[:64]!r}; known: {', '.join(EVENT_TYPES)}"
-                )
+        events = event_types(list(request.events), "events")
+        try:
+            ssrf_guard.target(url)  # what delivery will parse it as
+        except ValueError:
+            raise invalid("url", "must be an absolute http or https URL") from None
         if not self.settings.WEBHOOK_ALLOW_PRIVATE_TARGETS:
             try:
                 await ssrf_guard.check_url(url)
-            except ssrf_guard.TargetNotAllowed as exc:
-                raise invalid("url", str(exc), reason="WEBHOOK_TARGET_NOT_ALLOWED") from None
+            except ssrf_guard.TargetNotAllowed:
+                # One fixed text: which addresses a name has (or that it has none) stays ours.
+                raise invalid(
+                    "url", ssrf_guard.REFUSED, reason="WEBHOOK_TARGET_NOT_ALLOWED"
+                ) from None
         async with transaction(self.engine) as conn:
             secret = await repo.put_webhook(conn, tenant_id=tenant_id, url=url, events=events)
         return pb.PutWebhookResponse(url=url, events=events, secret=secret)
@@ -213,4 +218,6 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
         pb_grpc.add_TenantServiceServicer_to_server(servicer, server)
 
     name = pb.DESCRIPTOR.services_by_name["TenantService"].full_name
-    return ServiceParts(registrations=[Registration(add, name, POLICIES)])
+    return ServiceParts(
+        registrations=[Registration(add, name, POLICIES)], closers=[servicer.wakeups.close]
+    )

@@ -18,7 +18,7 @@ from services.webhooks.intake import Intake
 
 
 async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
-    deliverer = Deliverer(settings, engine)
+    deliverer = Deliverer(settings)
     intake = Intake(settings, on_queued=deliverer.wakeup.set)
 
     async def prune() -> None:

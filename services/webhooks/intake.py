@@ -40,20 +40,22 @@ EVENTS_TAKEN = Counter(
 # the endpoint lookup, most of them for tenants with no endpoint, and through SQLAlchemy
 # that was four round trips (pre-ping, BEGIN, SELECT, COMMIT) and the profile's largest
 # share of this process. The insert is one statement, atomic on its own.
-ENDPOINTS = "SELECT tenant_id, events FROM webhook_endpoints WHERE tenant_id = ANY(%(tenants)s)"
+ENDPOINTS = """
+SELECT tenant_id, events, url FROM webhook_endpoints WHERE tenant_id = ANY(%(tenants)s)"""
 QUEUE = """
-INSERT INTO webhook_deliveries (id, tenant_id, event_id, event_type, body, status, attempts)
-SELECT id, tenant_id, event_id, event_type, body, 'pending', 0
+INSERT INTO webhook_deliveries (id, tenant_id, event_id, event_type, body, status, attempts, url)
+SELECT id, tenant_id, event_id, event_type, body, 'pending', 0, url
 FROM unnest(%(ids)s::text[], %(tenants)s::text[], %(events)s::text[], %(types)s::text[],
-            %(bodies)s::text[]) AS d(id, tenant_id, event_id, event_type, body)
+            %(bodies)s::text[], %(urls)s::text[])
+     AS d(id, tenant_id, event_id, event_type, body, url)
 ON CONFLICT ON CONSTRAINT uq_webhook_deliveries_event DO NOTHING"""
 
 
 def delivery_body(event: events_pb2.CallEvent) -> str:
     """The JSON body POSTed to the tenant: the event minus its socket recipients.
 
-    Rendered once at intake and stored, so every retry sends (and signs) the same bytes.
-    Fields without presence are printed, as in REST responses.
+    Rendered once at intake (or replay) and stored, so every retry sends (and signs) the
+    same bytes. Fields without presence are printed, as in REST responses.
     """
     data = json_format.MessageToDict(event, always_print_fields_with_no_presence=True)
     data.pop("recipientUserIds", None)
@@ -108,11 +110,12 @@ class Intake:
             raise RuntimeError("the intake is not running")
         async with self._pool.connection() as conn:
             tenants = list({e.tenant_id for e in fresh})
-            endpoints = dict(await (await conn.execute(ENDPOINTS, {"tenants": tenants})).fetchall())
+            found = await (await conn.execute(ENDPOINTS, {"tenants": tenants})).fetchall()
+            endpoints = {tenant: (events, url) for tenant, events, url in found}
             queued = [
                 e
                 for e in fresh
-                if e.tenant_id in endpoints and wanted(endpoints[e.tenant_id], e.type)
+                if e.tenant_id in endpoints and wanted(endpoints[e.tenant_id][0], e.type)
             ]
             if queued:
                 await conn.execute(
@@ -123,6 +126,7 @@ class Intake:
                         "events": [e.id for e in queued],
                         "types": [e.type for e in queued],
                         "bodies": [delivery_body(e) for e in queued],
+                        "urls": [endpoints[e.tenant_id][1] for e in queued],
                     },
                 )
         EVENTS_TAKEN.labels("queued").inc(len(queued))

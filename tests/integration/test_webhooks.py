@@ -17,7 +17,6 @@ from aiohttp import web
 from sendsar.calls.v1 import events_pb2
 
 from devstack.procs import free_port, grpc_serving
-from services.common.db import create_engine
 from services.common.models import new_id
 from services.common.settings import load_settings
 from services.events import types
@@ -290,7 +289,7 @@ async def test_failures_record_the_status_code_not_the_body(
     rows = await wait_rows(
         stack, tenant.tenant_id, lambda rs: bool(rs) and rs[0]["attempts"] >= 2, "2 attempts"
     )
-    assert rows[0]["status"] == "pending" and rows[0]["last_error"] == "HTTP 503"
+    assert rows[0]["status"] == "pending" and rows[0]["last_error"] == "http 503"
     await delete_webhook(tenant)  # its pending delivery ends as failed
     await wait_rows(stack, tenant.tenant_id, lambda rs: rs[0]["status"] == "failed", "failed")
 
@@ -317,7 +316,7 @@ async def test_delivery_gives_up_after_the_retry_window(
     rows = await wait_rows(
         stack, tenant.tenant_id, lambda rs: rs[0]["status"] == "failed", "failed"
     )
-    assert rows[0]["last_error"] == "HTTP 503"
+    assert rows[0]["last_error"] == "http 503"
     tries = len(rec.of("call.started"))
     # Sync point: a later event of this tenant goes through the same dispatcher...
     rec.script.clear()
@@ -363,9 +362,9 @@ async def test_events_committed_while_nats_is_down_are_delivered(
 async def test_a_hanging_tenant_does_not_delay_another(
     new_tenant: Callable[..., Tenant], receiver: StartReceiver
 ) -> None:
-    """More hanging deliveries than the dispatcher's concurrency (32) for one tenant; the
-    other tenant's event, queued after all of them, is still delivered at once (one
-    tenant gets at most a share of the slots, so some are always free for others)."""
+    """More hanging deliveries for one tenant than its share of the dispatcher's slots
+    (a quarter of WEBHOOK_CONCURRENCY, 16); the other tenant's event, queued after all of
+    them, is still delivered at once (the rest of the slots are free for others)."""
     slow_tenant, fast_tenant = new_tenant(), new_tenant()
     slow = await receiver(delay=30.0)  # beyond WEBHOOK_TIMEOUT_SECONDS: every try times out
     fast = await receiver()
@@ -425,7 +424,6 @@ async def test_an_idle_deliverer_waits_for_the_next_retry_not_a_poll(scratch_db:
     """With nothing due, the loop's pause runs to the soonest unleased retry (at most
     IDLE_SECONDS); a due row it could not take brings it back after POLL_SECONDS."""
     settings = load_settings(DATABASE_URL=scratch_db, ENV="test")
-    engine = create_engine(settings, pool_size=1)
 
     def add(name: str, due_in: str, leased: bool = False) -> None:
         with psycopg.connect(scratch_db) as db:
@@ -437,20 +435,22 @@ async def test_an_idle_deliverer_waits_for_the_next_retry_not_a_poll(scratch_db:
                 (name, name, due_in, leased),
             )
 
+    deliverer = Deliverer(settings)
+    await deliverer.open()
+    free = deliverer.refill  # enough free slots for a claim
     try:
-        deliverer = Deliverer(settings, engine)
-        assert await deliverer.pause(4, []) == IDLE_SECONDS  # nothing pending at all
+        assert await deliverer.pause(free, []) == IDLE_SECONDS  # nothing pending at all
         await asyncio.to_thread(add, "later", "1 hour")
-        assert await deliverer.pause(4, []) == IDLE_SECONDS  # a far retry: still capped
+        assert await deliverer.pause(free, []) == IDLE_SECONDS  # a far retry: still capped
         await asyncio.to_thread(add, "leased", "-1 second", True)  # being sent elsewhere
-        assert await deliverer.pause(4, []) == IDLE_SECONDS  # not waited for: not ours
+        assert await deliverer.pause(free, []) == IDLE_SECONDS  # not waited for: not ours
         await asyncio.to_thread(add, "soon", "900 milliseconds")
         # Sleeps to it, not a whole idle second (whatever time a loaded machine took
         # between the insert and the read: it is in the past at worst, then POLL_SECONDS).
-        assert 0 < await deliverer.pause(4, []) < 0.9
+        assert 0 < await deliverer.pause(free, []) < 0.9
         await asyncio.to_thread(add, "due", "-1 second")  # due, yet the claim took nothing
-        assert await deliverer.pause(4, []) == POLL_SECONDS
-        assert await deliverer.pause(4, [object()]) == POLL_SECONDS  # busy: look again soon
-        assert await deliverer.pause(0, []) == IDLE_SECONDS  # no slot: a finished send wakes
+        assert await deliverer.pause(free, []) == POLL_SECONDS
+        assert await deliverer.pause(free, [object()]) == POLL_SECONDS  # busy: look again soon
+        assert await deliverer.pause(0, []) == IDLE_SECONDS  # too few slots: a finished send wakes
     finally:
-        await engine.dispose()
+        await deliverer.close()

@@ -81,6 +81,26 @@ class TenantServiceStub:
                 request_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyRequest.SerializeToString,
                 response_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyResponse.FromString,
                 _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/sendsar.tenant.v1.TenantService/ListWebhookDeliveries',
+                request_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.RetryWebhookDelivery = channel.unary_unary(
+                '/sendsar.tenant.v1.TenantService/RetryWebhookDelivery',
+                request_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.RetryWebhookDeliveryRequest.SerializeToString,
+                response_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.RetryWebhookDeliveryResponse.FromString,
+                _registered_method=True)
+        self.ReplayWebhook = channel.unary_unary(
+                '/sendsar.tenant.v1.TenantService/ReplayWebhook',
+                request_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ReplayWebhookRequest.SerializeToString,
+                response_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ReplayWebhookResponse.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/sendsar.tenant.v1.TenantService/ListEvents',
+                request_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
 
 
 class TenantServiceServicer:
@@ -151,6 +171,38 @@ class TenantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWebhookDeliveries(self, request, context):
+        """Lists the tenant's webhook deliveries of the last 7 days, newest first. API key only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryWebhookDelivery(self, request, context):
+        """Sends a failed or delivered delivery again now (same event id and body, a fresh
+        signature); a pending one is DELIVERY_IN_PROGRESS. API key only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayWebhook(self, request, context):
+        """Re-sends the events of a window (at most 24 h, within the last 7 days, at most
+        10,000 events) to the current endpoint, one after another in their original order,
+        each with its original id. API key only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """The tenant's events in commit order from a cursor, for backends that pull; with
+        `wait`, held until an event arrives or that many seconds pass. API key only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +250,26 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.DeleteApiKey,
                     request_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyRequest.FromString,
                     response_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'RetryWebhookDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryWebhookDelivery,
+                    request_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.RetryWebhookDeliveryRequest.FromString,
+                    response_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.RetryWebhookDeliveryResponse.SerializeToString,
+            ),
+            'ReplayWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayWebhook,
+                    request_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ReplayWebhookRequest.FromString,
+                    response_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ReplayWebhookResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListEventsRequest.FromString,
+                    response_serializer=sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +517,114 @@ class TenantService:
             '/sendsar.tenant.v1.TenantService/DeleteApiKey',
             sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyRequest.SerializeToString,
             sendsar_dot_tenant_dot_v1_dot_tenant__pb2.DeleteApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.tenant.v1.TenantService/ListWebhookDeliveries',
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryWebhookDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.tenant.v1.TenantService/RetryWebhookDelivery',
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.RetryWebhookDeliveryRequest.SerializeToString,
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.RetryWebhookDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.tenant.v1.TenantService/ReplayWebhook',
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ReplayWebhookRequest.SerializeToString,
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ReplayWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsar.tenant.v1.TenantService/ListEvents',
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListEventsRequest.SerializeToString,
+            sendsar_dot_tenant_dot_v1_dot_tenant__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
