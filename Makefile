@@ -136,7 +136,7 @@ sdk-pack: sdk
 # The demo web app (web/demo) bundled by esbuild from the locked npm packages;
 # devstack/demo.py serves it at /demo/ in `make dev` (never in deploy/k8s).
 DEMO_OUT := .cache/demo
-DEMO_SRC := $(wildcard web/demo/src/*.js) web/demo/index.html web/demo/style.css
+DEMO_SRC := $(wildcard web/demo/src/*.js web/demo/*.html) web/demo/style.css
 demo: $(DEMO_OUT)/app.js
 
 web/demo/node_modules/.installed: web/demo/package.json web/demo/package-lock.json
@@ -145,7 +145,7 @@ web/demo/node_modules/.installed: web/demo/package.json web/demo/package-lock.js
 
 $(DEMO_OUT)/app.js: web/demo/node_modules/.installed $(DEMO_SRC) $(SDK)/.build/.built
 	mkdir -p $(DEMO_OUT)
-	cp web/demo/index.html web/demo/style.css $(DEMO_OUT)/
+	cp web/demo/*.html web/demo/style.css $(DEMO_OUT)/
 	cd web/demo && DEMO_OUT=$(CURDIR)/$(DEMO_OUT) npm run --silent build
 
 # The browser test (tests/browser) drives Debian's Chromium through chromedriver.

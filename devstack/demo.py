@@ -5,8 +5,10 @@ session token.
 The tenant's API key stays here, server-side: the page asks POST /demo/session for a
 user and gets that user's session token and demo rooms, which this server creates once
 per tenant (through the public REST API, like any tenant backend) and remembers in a
-state file. Envoy routes /demo/ here in the local stack; the page then calls the REST
-API and Socket.IO like any app would.
+state file; it enables guests for the tenant then too, so that a demo call can invite
+one (the guest page, guest.html, needs no session: its link is its credential). Envoy
+routes /demo/ here in the local stack; the pages then call the REST API and Socket.IO
+like any app would.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ ROOMS = [
 # The only files served: no part of a URL ever becomes a file system path.
 STATIC_FILES = {
     "": "index.html",
-    **{f: f for f in ("index.html", "app.js", "app.js.map", "style.css")},
+    **{
+        f: f
+        for f in (
+            *("index.html", "app.js", "app.js.map"),
+            *("guest.html", "guest.js", "guest.js.map"),
+            "style.css",
+        )
+    },
 }
 
 
@@ -123,22 +132,30 @@ class Demo:
         )
 
     async def _rooms(self) -> list[dict[str, Any]]:
-        """The demo rooms of the current demo tenant, created on first use."""
+        """The demo rooms of the current demo tenant, created on first use, when guests are
+        enabled for it too (a state file from before the guest page gets that once)."""
         tenant_id = self._key()[0]
         async with self._rooms_lock:
             try:
                 saved = json.loads(self.state.read_text())
             except (OSError, ValueError):
                 saved = {}
-            if saved.get("tenantId") == tenant_id:
-                return list(saved["rooms"])
-            rooms = []
-            for name, members in ROOMS:
-                room = await self._rest("POST", "/chat/rooms", {"members": members, "name": name})
-                rooms.append({"id": room["id"], "name": name, "members": members})
-            self.state.write_text(json.dumps({"tenantId": tenant_id, "rooms": rooms}, indent=2))
-            log.info("demo rooms created", extra=log_fields(tenantId=tenant_id))
-            return rooms
+            if saved.get("tenantId") != tenant_id:
+                rooms = []
+                for name, members in ROOMS:
+                    body = {"members": members, "name": name}
+                    room = await self._rest("POST", "/chat/rooms", body)
+                    rooms.append({"id": room["id"], "name": name, "members": members})
+                saved = {"tenantId": tenant_id, "rooms": rooms}
+                self.state.write_text(json.dumps(saved, indent=2))
+                log.info("demo rooms created", extra=log_fields(tenantId=tenant_id))
+            if not saved.get("guestsEnabled"):
+                settings = {"calls": {"guestsEnabled": True}}  # the lobby stays "host"
+                await self._rest("PATCH", "/v1/tenant/settings", settings)
+                saved["guestsEnabled"] = True
+                self.state.write_text(json.dumps(saved, indent=2))
+                log.info("guests enabled for the demo tenant", extra=log_fields(tenantId=tenant_id))
+            return list(saved["rooms"])
 
     def _key(self) -> tuple[str, str]:
         try:

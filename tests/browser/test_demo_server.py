@@ -3,15 +3,20 @@ only, session tokens for demo users without the API key ever leaving the server.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
+from aiohttp.test_utils import TestClient, TestServer
 
 from devstack import envoy
+from devstack.demo import Demo
 from devstack.procs import ROOT
 from tests.browser.conftest import DemoServer
+from tests.conftest import create_tenant
 from tests.stack import Stack
 
 
@@ -24,14 +29,15 @@ def test_envoy_routes_demo_to_the_demo_server(stack: Stack, demo_server: DemoSer
     assert config.status_code == 200, config.text
     assert config.json()["apiUrl"] == stack.rest
     assert {u["id"] for u in config.json()["users"]} == {"alice", "bob", "carol"}
-    page = httpx.get(f"{stack.rest}/demo/", timeout=10)
-    # 200 once `make demo` has built it; otherwise the server says how to build it.
-    assert (page.status_code, "Sendsar Calls" in page.text) == (200, True) or (
-        page.status_code == 503 and "make demo" in page.text
-    ), page.text
+    for path in ("/demo/", "/demo/guest.html"):
+        page = httpx.get(f"{stack.rest}{path}", timeout=10)
+        # 200 once `make demo` has built it; otherwise the server says how to build it.
+        assert (page.status_code, "Sendsar Calls" in page.text) == (200, True) or (
+            page.status_code == 503 and "make demo" in page.text
+        ), page.text
 
 
-def test_session_endpoint_hands_out_a_session_token_and_the_users_rooms(
+def test_session_endpoint_hands_out_a_session_token_and_the_users_rooms_guests_enabled(
     stack: Stack, demo_server: DemoServer
 ) -> None:
     with ThreadPoolExecutor(2) as pool:  # two tabs at once still get one set of rooms
@@ -50,6 +56,34 @@ def test_session_endpoint_hands_out_a_session_token_and_the_users_rooms(
             assert as_alice.get(f"/chat/rooms/{room['id']}/calls/active").status_code == 200
         # ...and only a session: API-key endpoints refuse it
         assert as_alice.post("/chat/rooms", json={"members": ["alice", "x"]}).status_code == 403
+        # The demo tenant takes guests (the demo's guest page), with the lobby on.
+        calls = as_alice.get("/v1/tenant/settings").json()["calls"]
+        assert (calls["guestsEnabled"], calls["lobby"]) == (True, "host")
+
+
+async def test_rooms_made_before_the_guest_page_are_kept_and_guests_enabled_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    tenant = create_tenant(stack, "demo-before-guests")
+    credentials = tmp_path / "demo.json"
+    credentials.write_text(json.dumps({"tenantId": tenant.tenant_id, "apiKey": tenant.api_key}))
+    rooms = [{"id": "room_old", "name": "Alice & Bob", "members": ["alice", "bob"]}]
+    state = tmp_path / "demo-rooms.json"  # as the demo server wrote it before
+    state.write_text(json.dumps({"tenantId": tenant.tenant_id, "rooms": rooms}))
+    demo = Demo(
+        api=stack.rest, public_api=stack.rest, credentials=credentials, state=state, static=tmp_path
+    )
+    async with TestClient(TestServer(demo.app())) as client:
+        reply = await client.post("/demo/session", json={"userId": "alice"})
+        assert reply.status == 200, await reply.text()
+        assert (await reply.json())["rooms"] == rooms  # not made again
+    with tenant.api() as api:
+        assert api.get("/v1/tenant/settings").json()["calls"]["guestsEnabled"] is True
+    assert json.loads(state.read_text()) == {
+        "tenantId": tenant.tenant_id,
+        "rooms": rooms,
+        "guestsEnabled": True,
+    }
 
 
 def test_session_endpoint_refuses_other_users(stack: Stack, demo_server: DemoServer) -> None:

@@ -9,7 +9,15 @@ import { TokenRefresher } from './refresher.js';
 import { paths, send, type Fetch, type Method } from './rest.js';
 import { Session, type GetSessionToken } from './session.js';
 import { CallState } from './state.js';
-import type { Call, CallJoined, CallStarted, EndCallOptions, StartCallOptions } from './types.js';
+import type {
+  Call,
+  CallJoined,
+  CallStarted,
+  EndCallOptions,
+  GuestSession,
+  StartCallOptions,
+  WireGuestSession,
+} from './types.js';
 
 export interface CallsClientOptions {
   /** The API's address, e.g. `https://api.example.com` (REST and Socket.IO). */
@@ -29,6 +37,11 @@ export interface PushAnswerOptions {
   baseUrl: string;
   /** The call's room (the push carries `call.roomId`). */
   roomId: string;
+  fetch?: Fetch;
+}
+
+export interface GuestOptions {
+  baseUrl: string;
   fetch?: Fetch;
 }
 
@@ -212,6 +225,36 @@ export class CallsClient {
       {},
     );
     return action === 'accept' ? joinedOf(reply, path) : required(reply.call, path);
+  }
+
+  // --- guests: people outside the tenant's app, with a call link ---------------------------
+
+  /**
+   * Knocks on the call a link names, with the link's token (`gl_...`) as the only
+   * credential: a guest session for that one call (`POST /v1/guests`). Hand its `token` to
+   * a client as `getSessionToken` to hear the call and accept it once admitted.
+   */
+  static async knockAsGuest(
+    linkToken: string,
+    name: string,
+    options: GuestOptions,
+  ): Promise<GuestSession> {
+    const fetchImpl = options.fetch ?? globalFetch;
+    const path = paths.guests;
+    const reply = await send<Partial<WireGuestSession>>(
+      fetchImpl,
+      options.baseUrl,
+      'POST',
+      path,
+      linkToken,
+      { name },
+    );
+    return {
+      guestId: required(reply.guestId, path),
+      token: required(reply.token, path),
+      expiresAt: required(reply.expiresAt, path),
+      call: required(reply.call, path),
+    };
   }
 
   // --- internals ------------------------------------------------------------------------

@@ -1,5 +1,10 @@
 // @sendsar/calls: the client SDK of Sendsar Calls.
-export { CallsClient, type CallsClientOptions, type PushAnswerOptions } from './client.js';
+export {
+  CallsClient,
+  type CallsClientOptions,
+  type GuestOptions,
+  type PushAnswerOptions,
+} from './client.js';
 export { CallsError, NETWORK_ERROR, SESSION_UNAVAILABLE, UNKNOWN } from './errors.js';
 export type { ClientEvents } from './events.js';
 export type { GetSessionToken } from './session.js';
@@ -13,6 +18,7 @@ export type {
   EndCallOptions,
   EndReason,
   ErrorInfo,
+  GuestSession,
   LiveKitCredentials,
   Participant,
   StartCallOptions,

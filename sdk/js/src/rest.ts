@@ -40,4 +40,5 @@ export const paths = {
     `/chat/rooms/${id(roomId)}/calls/${id(callId)}/${verb}`,
   active: (roomId: string) => `/chat/rooms/${id(roomId)}/calls/active`,
   ringing: '/chat/calls/ringing',
+  guests: '/v1/guests',
 };

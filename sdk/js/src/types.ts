@@ -4,6 +4,7 @@ import type {
   AcceptCallResponse,
   Call,
   Call_EndReason,
+  CreateGuestResponse as WireGuestSession,
   EndCallRequest,
   LiveKitCredentials,
   Participant,
@@ -14,7 +15,7 @@ import type { CallEvent as WireCallEvent } from './gen/sendsar/calls/v1/events.j
 import type { ErrorInfo } from './gen/google/rpc/error_details.js';
 import type { Status } from './gen/google/rpc/status.js';
 
-export type { Call, ErrorInfo, LiveKitCredentials, Participant, WireCallEvent };
+export type { Call, ErrorInfo, LiveKitCredentials, Participant, WireCallEvent, WireGuestSession };
 export type EndReason = Call_EndReason;
 
 /** A call event as listeners get it: every call event carries its call. */
@@ -29,6 +30,10 @@ export type EndCallOptions = Pick<EndCallRequest, 'reason'>;
 export type CallStarted = Omit<StartCallResponse, 'call'> & { call: Call };
 /** An accept, a token refresh, an answer from a push: the call and LiveKit credentials. */
 export type CallJoined = Required<AcceptCallResponse>;
+
+/** A guest's knock: its id (the participant is `guest:<guestId>`), its session token
+ * (`gt_...`, for this call only), when that expires, and the call (the guest `waiting`). */
+export type GuestSession = Required<WireGuestSession>;
 
 /**
  * An error body as Envoy renders a `google.rpc.Status`. ts-proto's JSON mode keeps `Any`

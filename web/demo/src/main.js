@@ -1,18 +1,13 @@
 // Sendsar Calls demo: pick a demo user, see your rooms, call, ring, answer, talk, hang up,
-// read the call history. Everything after sign-in goes through the client SDK
-// (@sendsar/calls: REST, Socket.IO, ring state) and LiveKit's SDK, exactly as a customer's
-// web app would use them.
+// invite a guest and let them in, read the call history. Everything after sign-in goes
+// through the client SDK (@sendsar/calls: REST, Socket.IO, ring state) and LiveKit's SDK,
+// exactly as a customer's web app would use them.
 import { CallsClient } from '@sendsar/calls';
 import { history } from './history.js';
-import { joinMedia, leaveMedia, remoteTracks } from './media.js';
+import { answerKnock, inviteGuest } from './lobby.js';
+import { enterMedia, hearing, leaveMedia, mountMedia, remoteTracks } from './media.js';
+import { $, demoConfig, el, label, showError } from './page.js';
 import { Ringtone } from './ringtone.js';
-
-const $ = (id) => document.getElementById(id);
-const el = (tag, props = {}, ...children) => {
-  const node = Object.assign(document.createElement(tag), props);
-  node.append(...children);
-  return node;
-};
 
 const state = {
   me: null, // {userId, name}
@@ -23,16 +18,14 @@ const state = {
   media: null, // the LiveKit Room
   mediaError: '',
   connected: false, // the SDK's socket: connected and synced
-  marks: { startClickedAt: 0, ringShownAt: 0 },
+  guestLink: '', // the guest page's URL for the call this page is in, once invited
+  knocks: [], // guests knocking on that call: participants still waiting
+  marks: { startClickedAt: 0, ringShownAt: 0, knockShownAt: 0 },
 };
 let calls = null; // the CallsClient
 let api = { url: '', token: '' }; // for the chat history, which is not the calls SDK's
 const ringtone = new Ringtone();
-const mediaElements = () => ({
-  local: $('local-media'),
-  remote: $('remote-media'),
-  onChange: render,
-});
+const mediaView = mountMedia($('call-media'), () => render());
 
 // The browser test (tests/browser) reads the page's state through this.
 window.demo = { state, remoteTracks: () => remoteTracks(state.media) };
@@ -45,22 +38,28 @@ function log(text) {
 
 function fail(err) {
   log(`error: ${err.message}`);
-  $('error').textContent = err.message;
-  $('error').hidden = false;
+  showError(err);
 }
 
 const roomOf = (roomId) => state.rooms.find((r) => r.id === roomId);
 const roomName = (roomId) => (roomOf(roomId) || { name: roomId }).name;
 const mine = (call) => call.participants.find((p) => p.userId === state.me.userId);
+const notLetIn = (p) => p.guest && (p.state === 'waiting' || p.state === 'removed');
 const others = (call) =>
-  call.participants.filter((p) => p.userId !== state.me.userId).map((p) => p.userId);
+  call.participants.filter((p) => p.userId !== state.me.userId && !notLetIn(p)).map(label);
+const waiting = (call, userId) =>
+  call.participants.some((p) => p.userId === userId && p.state === 'waiting');
+const nameOf = (userId) => {
+  const call = state.call || state.ended;
+  const person = call && call.participants.find((p) => p.userId === userId);
+  return person ? label(person) : userId;
+};
 
 // --- sign-in --------------------------------------------------------------------
 
 async function boot() {
-  const config = await (await fetch('config.json')).json();
-  const apiUrl = config.apiUrl || location.origin;
-  for (const user of config.users) {
+  const { apiUrl, users } = await demoConfig();
+  for (const user of users) {
     const button = el('button', { id: `user-${user.id}`, textContent: user.name });
     button.onclick = () => signIn(apiUrl, user.id).catch(fail);
     $('users').append(button);
@@ -133,6 +132,17 @@ function listen(client) {
     if (state.incoming && state.incoming.id === event.call.id) stopRinging();
     render();
   });
+  // A guest knocks on the call this page is in: Admit / Deny (the server tells the call's
+  // joined participants; the call's creator, or either side of a 1:1 call, decides).
+  client.callKnock((event) => {
+    logged('call.knock')(event);
+    if (!state.call || state.call.id !== event.call.id) return;
+    const guest = event.call.participants.find((p) => p.userId === event.userId);
+    if (!guest || state.knocks.some((k) => k.userId === guest.userId)) return;
+    state.knocks.push(guest);
+    state.marks.knockShownAt = Date.now();
+    render();
+  });
   client.callUpdated(onCall);
 }
 
@@ -142,6 +152,7 @@ function onCall(call) {
   if (state.incoming && state.incoming.id === call.id) state.incoming = call;
   if (state.call && state.call.id === call.id) {
     state.call = call;
+    state.knocks = state.knocks.filter((k) => waiting(call, k.userId)); // let in elsewhere
     const me = mine(call);
     if (call.status === 'ended' || (me && me.state === 'left')) finishCall(call);
   }
@@ -156,9 +167,11 @@ function stopRinging() {
 async function finishCall(call) {
   state.ended = call;
   state.call = null;
+  state.guestLink = '';
+  state.knocks = [];
   const room = state.media;
   state.media = null;
-  await leaveMedia(room, mediaElements());
+  await leaveMedia(room, mediaView);
   render();
   await showHistory(call.roomId);
 }
@@ -170,7 +183,7 @@ async function startCall(roomId, type) {
   state.call = call;
   render();
   if (call.status === 'ended') return finishCall(call); // e.g. busy
-  if (livekit) await enterMedia(livekit, call.type);
+  if (livekit) await joinCallMedia(livekit, call.type);
 }
 
 async function accept() {
@@ -180,7 +193,7 @@ async function accept() {
   state.ended = null;
   state.call = reply.call;
   render();
-  await enterMedia(reply.livekit, reply.call.type);
+  await joinCallMedia(reply.livekit, reply.call.type);
 }
 
 async function decline() {
@@ -202,14 +215,26 @@ async function hangUp() {
   }
 }
 
-async function enterMedia(livekit, type) {
+async function joinCallMedia(livekit, type) {
   state.mediaError = '';
-  try {
-    state.media = await joinMedia(livekit, type, mediaElements());
-    await state.media.startAudio();
-  } catch (err) {
-    state.mediaError = `media: ${err.message} (is LiveKit running? \`make livekit\`)`;
-  }
+  const { room, error } = await enterMedia(livekit, type, mediaView);
+  state.media = room;
+  state.mediaError = error;
+  render();
+}
+
+// --- guests ------------------------------------------------------------------------
+
+async function invite() {
+  state.guestLink = await inviteGuest(api.url, api.token, state.call);
+  log('guest link made: send it to your guest');
+  render();
+}
+
+async function letIn(guest, verb) {
+  await answerKnock(api.url, api.token, state.call, guest.userId, verb);
+  state.knocks = state.knocks.filter((k) => k.userId !== guest.userId);
+  log(`${verb === 'admit' ? 'let in' : 'turned away'}: ${label(guest)}`);
   render();
 }
 
@@ -300,20 +325,55 @@ function render() {
     $('call').dataset.callId = call.id;
     $('call-status').textContent = statusText(state.call ? call : { ...call, status: 'ended' });
     $('participants').replaceChildren(
-      ...call.participants.map((p) => el('li', { textContent: `${p.userId}: ${p.state}` })),
+      ...call.participants.map((p) => el('li', { textContent: `${label(p)}: ${p.state}` })),
     );
     $('hangup').hidden = !state.call;
   }
-  const heard = remoteTracks(state.media).filter((t) => t.kind === 'audio' && t.subscribed);
-  $('hearing').textContent = heard.length
-    ? `hearing ${heard.map((t) => t.identity).join(', ')}`
-    : state.media
-      ? 'connected to media, waiting for the other side…'
-      : '';
+  renderGuests();
+  $('hearing').textContent = hearing(state.media, nameOf);
   $('media-error').textContent = state.mediaError;
+}
+
+// The call's guests: its creator invites (makes a link); the creator, or either side of a
+// 1:1 call, lets the knocking ones in or turns them away.
+function renderGuests() {
+  const call = state.call;
+  const me = call && mine(call);
+  const creator = Boolean(call && call.createdBy === state.me.userId);
+  $('guests').hidden = !(call && me && me.state === 'joined');
+  $('invite').hidden = $('guests').hidden || !creator;
+  if ($('guests').hidden) return;
+  $('guest-link-box').hidden = !state.guestLink;
+  $('guest-link').value = state.guestLink;
+  $('guest-link-open').href = state.guestLink || '#';
+  const decides = creator || call.mode !== 'group';
+  // Rebuilt only when it changes: a render (e.g. a media event) never swaps a button
+  // from under a click.
+  const shown = `${decides} ${state.knocks.map((k) => k.userId).join()}`;
+  if ($('lobby').dataset.shown === shown) return;
+  $('lobby').dataset.shown = shown;
+  $('lobby').replaceChildren(
+    ...state.knocks.map((guest) => {
+      const item = el('li', { className: 'knock' }, `${label(guest)} is waiting to join `);
+      item.dataset.userId = guest.userId;
+      for (const [verb, text, style] of [
+        ['admit', 'Admit', 'accept'],
+        ['deny', 'Deny', 'decline'],
+      ]) {
+        const button = el('button', { className: `${verb} ${style}`, textContent: text });
+        button.disabled = !decides;
+        button.onclick = () => letIn(guest, verb).catch(fail);
+        item.append(button);
+      }
+      if (!decides)
+        item.append(el('span', { className: 'hint', textContent: '(the host decides)' }));
+      return item;
+    }),
+  );
 }
 
 $('accept').onclick = () => accept().catch(fail);
 $('decline').onclick = () => decline().catch(fail);
 $('hangup').onclick = () => hangUp().catch(fail);
+$('invite').onclick = () => invite().catch(fail);
 boot().catch(fail);

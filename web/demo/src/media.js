@@ -2,6 +2,21 @@
 // from start/accept, publish the microphone (and camera for video calls), and attach
 // whatever the other side publishes.
 import { Room, RoomEvent, Track } from 'livekit-client';
+import { el } from './page.js';
+
+// The call's media block, alike on both pages (in `slot`): what the page hears, a media
+// error, the other side's tracks and the local camera. Returns what joinMedia and
+// leaveMedia take: where the tracks go, and what to call when they change.
+export function mountMedia(slot, onChange) {
+  const local = el('div', { id: 'local-media' });
+  const remote = el('div', { id: 'remote-media' });
+  slot.replaceChildren(
+    el('p', { id: 'hearing' }),
+    el('p', { id: 'media-error', className: 'error' }),
+    el('div', { className: 'media' }, remote, local),
+  );
+  return { local, remote, onChange };
+}
 
 export async function joinMedia({ url, token }, type, { local, remote, onChange }) {
   const room = new Room({ adaptiveStream: true, dynacast: true });
@@ -52,4 +67,23 @@ export function remoteTracks(room) {
     }
   }
   return tracks;
+}
+
+// Joins the call's media and starts its sound: `{room}`, or `{error}` to show (the call
+// itself goes on without media, e.g. when LiveKit is not running).
+export async function enterMedia(livekit, type, elements) {
+  try {
+    const room = await joinMedia(livekit, type, elements);
+    await room.startAudio();
+    return { room, error: '' };
+  } catch (err) {
+    return { room: null, error: `media: ${err.message} (is LiveKit running? \`make livekit\`)` };
+  }
+}
+
+// What the page says it hears: the other side's subscribed audio, by name.
+export function hearing(room, nameOf) {
+  const heard = remoteTracks(room).filter((t) => t.kind === 'audio' && t.subscribed);
+  if (heard.length) return `hearing ${heard.map((t) => nameOf(t.identity)).join(', ')}`;
+  return room ? 'connected to media, waiting for the other side…' : '';
 }

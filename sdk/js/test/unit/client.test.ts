@@ -1,17 +1,26 @@
 // CallsClient against a fake socket, fetch and clock: the connection's life (reconnects,
-// session renewal), listeners, REST errors, LiveKit token refresh, answering from a push.
+// session renewal), listeners, REST errors, LiveKit token refresh, answering from a push,
+// a guest's knock.
 import assert from 'node:assert/strict';
 import { afterEach, describe, test } from 'node:test';
-import { CallsClient, CallsError, type CallEvent, type ClientEvents } from '../../src/index.js';
+import {
+  CallsClient,
+  CallsError,
+  type Call,
+  type CallEvent,
+  type ClientEvents,
+} from '../../src/index.js';
 import type { Io } from '../../src/connection.js';
 import {
   FakeClock,
   FakeSocket,
   answered,
+  call,
   cancelled,
   event,
   fakeFetch,
   jwt,
+  participant,
   ringing,
   settle,
   type Answer,
@@ -368,5 +377,97 @@ describe('answerFromPush', () => {
       { name: 'CallsError', status: 401, reason: 'UNAUTHENTICATED' },
     );
     assert.equal(requests.length, 0);
+  });
+});
+
+describe('knockAsGuest', () => {
+  const me = 'guest:gst_1';
+  const token = `gt_${jwt({ sub: me, cid: 'call_1', exp: 2_000_000_000 })}`;
+  /** Alice's group call with the guest Ann in the given state. */
+  const withAnn = (state: string) =>
+    call('call_1', 'active', [
+      participant('alice', 'joined'),
+      { userId: me, state, guest: true, name: 'Ann' },
+    ]);
+  const session = {
+    guestId: 'gst_1',
+    token,
+    expiresAt: '2033-05-18T03:33:20Z',
+    call: withAnn('waiting'),
+  };
+
+  test('knocks with the link token alone and gives the guest session', async () => {
+    const { fetch, requests } = fakeFetch(() => ({ body: session }));
+    const guest = await CallsClient.knockAsGuest('gl_lnk_secret', 'Ann', {
+      baseUrl: 'https://api.test/',
+      fetch,
+    });
+    assert.deepEqual(guest, session);
+    assert.deepEqual(requests, [
+      {
+        method: 'POST',
+        path: '/v1/guests',
+        authorization: 'Bearer gl_lnk_secret',
+        body: { name: 'Ann' },
+      },
+    ]);
+  });
+
+  test('a refused link is a CallsError with its reason', async () => {
+    const { fetch } = fakeFetch(() => ({
+      status: 401,
+      body: {
+        code: 16,
+        message: 'this link is not valid',
+        details: [{ '@type': 'type.googleapis.com/google.rpc.ErrorInfo', reason: 'LINK_INVALID' }],
+      },
+    }));
+    await assert.rejects(
+      CallsClient.knockAsGuest('gl_gone', 'Ann', { baseUrl: 'https://api.test', fetch }),
+      { name: 'CallsError', status: 401, reason: 'LINK_INVALID' },
+    );
+  });
+
+  test('a client on the guest token: waiting, admitted, then accepted with that token', async () => {
+    const { fetch, requests } = fakeFetch(() => ({
+      body: { call: withAnn('joined'), livekit: { url: 'wss://lk', token: 'lk' } },
+    }));
+    let socket: FakeSocket | undefined;
+    const io: Io = (_url, options) => {
+      socket = new FakeSocket(options.auth as (cb: (data: object) => void) => void);
+      return socket;
+    };
+    const client = new CallsClient({
+      baseUrl: 'https://api.test',
+      getSessionToken: () => token,
+      fetch,
+      io,
+      clock: new FakeClock(),
+    });
+    clients.push(client);
+    const states: string[] = [];
+    client.callUpdated((c: Call) =>
+      states.push(c.participants.find((p) => p.userId === me)!.state),
+    );
+    await settle();
+    assert.ok(socket);
+    assert.deepEqual(socket.attempts, [{ token }]);
+
+    socket.emit('call.sync', { calls: [withAnn('waiting')] });
+    const admitted = event('evt_1', 'call.admitted', withAnn('invited'), {
+      recipientUserIds: [me],
+      userIds: [me],
+    });
+    socket.emit('call.admitted', admitted);
+    socket.emit('call.admitted', admitted); // a duplicate changes nothing
+    assert.deepEqual(states, ['waiting', 'invited']);
+
+    const joined = await client.acceptCall('room_1', 'call_1');
+    assert.deepEqual(joined.livekit, { url: 'wss://lk', token: 'lk' });
+    assert.deepEqual(
+      requests.map((r) => [r.path, r.authorization]),
+      [['/chat/rooms/room_1/calls/call_1/accept', `Bearer ${token}`]],
+    );
+    assert.deepEqual(states, ['waiting', 'invited', 'joined']);
   });
 });
