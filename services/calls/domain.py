@@ -836,7 +836,7 @@ def admit(call: Call, actor: Actor, guest: str, policy: CallPolicy) -> Change:
             "CALL_FULL", f"the call has reached its {policy.max_participants} participants"
         )
     admitted = replace(call, participants=_with_state(call, guest, "invited"))
-    return Change(admitted, [Event(events.ADMITTED, actor.user_id or "", (guest,))])
+    return Change(admitted, [Event(events.ADMITTED, actor.user_id or "", _door(call, guest))])
 
 
 def deny(call: Call, actor: Actor, guest: str) -> Change:
@@ -848,7 +848,13 @@ def deny(call: Call, actor: Actor, guest: str) -> Change:
     if participant.state not in ("waiting", "invited"):
         raise conflict("ALREADY_JOINED", "this guest has joined; remove them instead")
     denied = replace(call, participants=_with_state(call, guest, "removed"))
-    return Change(denied, [Event(events.DENIED, actor.user_id or "", (guest,))])
+    return Change(denied, [Event(events.DENIED, actor.user_id or "", _door(call, guest))])
+
+
+def _door(call: Call, guest: str) -> tuple[str, ...]:
+    """Who hears a guest let in or turned away: the guest, and those who heard the knock
+    (so every host's device clears it from its lobby)."""
+    return (guest, *call.joined())
 
 
 def _with_state(call: Call, user_id: str, state: State) -> tuple[Participant, ...]:

@@ -60,7 +60,7 @@ def test_the_lobby_holds_at_most_fifty() -> None:
 
 def test_admit_lets_the_guest_accept_and_join() -> None:
     admitted = domain.admit(knocked(), Actor("alice"), ANN, GUESTS)
-    assert admitted.events == [domain.Event(events.ADMITTED, "alice", (ANN,))]
+    assert admitted.events == [domain.Event(events.ADMITTED, "alice", (ANN, "alice"))]
     assert states(admitted.call)[ANN] == "invited"
     joined = domain.accept(admitted.call, ANN, GUESTS, later(5))
     assert states(joined.call)[ANN] == "joined" and types(joined) == [events.PARTICIPANT_JOINED]
@@ -75,7 +75,7 @@ def test_a_waiting_guest_cannot_accept() -> None:
 def test_deny_removes_the_guest_for_good() -> None:
     denied = domain.deny(knocked(), Actor(None), ANN)
     assert states(denied.call)[ANN] == "removed"
-    assert denied.events == [domain.Event(events.DENIED, "", (ANN,))]
+    assert denied.events == [domain.Event(events.DENIED, "", (ANN, "alice"))]
     with refused("REMOVED_FROM_CALL", FORBIDDEN):
         domain.accept(denied.call, ANN, GUESTS, later(3))
     with refused("NOT_WAITING", CONFLICT):
