@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -72,8 +74,7 @@ class Node:
         self._bridge()
         self._cgroups()
         self._containerd(pause_image)
-        for image in images:
-            self.load(image)
+        self.load(images)
         self._dns()
         self._kubelet()
 
@@ -159,10 +160,11 @@ state = "{base / "state"}"
         self.procs["containerd"] = proc
         wait_until(lambda: self.ctr("version").returncode == 0, "containerd", 60, proc=proc)
 
-    def load(self, image: str) -> None:
-        """An image from buildah's storage into the node's containerd."""
-        archive = self.workdir / "image.tar"
-        run("buildah", "push", "--quiet", image, f"docker-archive:{archive}:{image}")
+    def load(self, images: list[str]) -> None:
+        """Images from buildah's storage into the node's containerd, through one archive
+        (the layers they share, the base image's, are in it once)."""
+        archive = self.workdir / "images.tar"
+        run("podman", "save", "--quiet", "--multi-image-archive", f"--output={archive}", *images)
         self.ctr("images", "import", str(archive))
         archive.unlink()
 
@@ -262,28 +264,45 @@ state = "{base / "state"}"
     # --- stop --------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Everything the node made, whatever state it is in."""
-        kubelet = self.procs.pop("kubelet", None)
-        if kubelet is not None:
-            kubelet.stop()
-        if "containerd" in self.procs:
-            # The containers outlive containerd (their shims are their parents): kill them.
-            tasks = self.ctr("tasks", "ls", "-q", check=False).stdout.split()
-            for task in tasks:
-                self.ctr("tasks", "kill", "--all", "--signal=SIGKILL", task, check=False)
-            deadline = time.monotonic() + 30
-            for task in tasks:
-                while self.ctr("tasks", "delete", task, check=False).returncode != 0:
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.2)
+        """Everything the node made, whatever state it is in. Nothing needs a graceful end
+        (the pods' data goes with the directory), so it is all killed: the kubelet, every
+        process in the pods' cgroups, the containers' shims (they outlive containerd; they
+        name its socket), containerd and DNS; then the mounts, the bridge, the cgroups."""
         for proc in reversed(list(self.procs.values())):
-            proc.stop()
+            if proc.name == "kubelet":
+                proc.kill()
+        deadline = time.monotonic() + 30
+        while (pids := self._pod_processes() | self._shims()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        for proc in reversed(list(self.procs.values())):
+            proc.kill()
         self.procs.clear()
         self._unmount()
         run("ip", "link", "del", BRIDGE, check=False)
         for hierarchy in self._hierarchies():
             _remove_cgroup(hierarchy / CGROUP_ROOT)
+
+    def _pod_processes(self) -> set[int]:
+        pids: set[int] = set()
+        for hierarchy in self._hierarchies():
+            for procs in (hierarchy / CGROUP_ROOT).rglob("cgroup.procs"):
+                with contextlib.suppress(OSError):
+                    pids.update(int(pid) for pid in procs.read_text().split())
+        return pids
+
+    def _shims(self) -> set[int]:
+        """containerd-shim processes of this node's containerd (they name its socket)."""
+        address = f"-address\0{self.socket}\0".encode()
+        pids: set[int] = set()
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if address in (proc / "cmdline").read_bytes():
+                        pids.add(int(proc.name))
+        return pids
 
     def _unmount(self) -> None:
         """The pods' volumes, rootfs and network namespaces under the node's directory,
