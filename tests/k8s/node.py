@@ -45,8 +45,9 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def host_ip() -> str:
     """The address the kubelet registers (the API server reaches it there for logs, exec
-    and port-forward): the source address of this machine's default route."""
-    route = run("ip", "-json", "route", "get", "192.0.2.255").stdout
+    and port-forward): the source address of this machine's default route, found by a
+    route lookup (nothing is sent) of a documentation address (TEST-NET-2)."""
+    route = run("ip", "-json", "-4", "route", "get", "198.51.100.1").stdout
     return str(json.loads(route)[0]["prefsrc"])
 
 
@@ -109,7 +110,10 @@ class Node:
         )
 
     def _hierarchies(self) -> list[Path]:
-        """Every cgroup hierarchy mounted here (v1 controllers, and v2 in hybrid mode)."""
+        """Every cgroup hierarchy: the one of cgroup v2, or each v1 controller's (and v2's
+        in hybrid mode)."""
+        if (CGROUPS / "cgroup.controllers").exists():
+            return [CGROUPS]
         return [p for p in sorted(CGROUPS.iterdir()) if p.is_dir() and not p.is_symlink()]
 
     def _cgroups(self) -> None:
@@ -195,7 +199,6 @@ state = "{base / "state"}"
         root.mkdir(parents=True, exist_ok=True)
         resolv = self.workdir / "resolv.conf"  # the pods' upstream: none (cluster DNS only)
         resolv.write_text("")
-        healthz = free_port()
         config = self.workdir / "kubelet.json"
         config.write_text(
             json.dumps(
@@ -212,7 +215,7 @@ state = "{base / "state"}"
                     "port": free_port(),
                     "readOnlyPort": 0,
                     "healthzBindAddress": "127.0.0.1",
-                    "healthzPort": healthz,
+                    "healthzPort": free_port(),
                     "containerRuntimeEndpoint": f"unix://{self.socket}",
                     "cgroupDriver": "cgroupfs",
                     "cgroupRoot": f"/{CGROUP_ROOT}",
@@ -268,9 +271,8 @@ state = "{base / "state"}"
         (the pods' data goes with the directory), so it is all killed: the kubelet, every
         process in the pods' cgroups, the containers' shims (they outlive containerd; they
         name its socket), containerd and DNS; then the mounts, the bridge, the cgroups."""
-        for proc in reversed(list(self.procs.values())):
-            if proc.name == "kubelet":
-                proc.kill()
+        if "kubelet" in self.procs:
+            self.procs["kubelet"].kill()
         deadline = time.monotonic() + 30
         while (pids := self._pod_processes() | self._shims()) and time.monotonic() < deadline:
             for pid in pids:
