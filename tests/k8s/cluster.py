@@ -5,12 +5,15 @@ token; the API server makes its own self-signed serving certificate."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,8 +129,6 @@ class ControlPlane:
         wait_until(lambda: self._etcd_healthy(), "etcd", timeout=60, proc=proc)
 
     def _etcd_healthy(self) -> bool:
-        import urllib.request
-
         with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as reply:
             return bool(json.load(reply).get("health") == "true")
 
@@ -212,10 +213,18 @@ class ControlPlane:
     def items(self, kind: str, namespace: str) -> list[dict[str, Any]]:
         return list(self.get(kind, "-n", namespace)["items"])
 
-    def wait_for(self, check: object, what: str, timeout: float = 180) -> None:
-        """wait_until with the control plane's logs in the failure when one of it died."""
+    def wait_for(
+        self, check: Callable[[], bool], what: str, timeout: float = 180, also: Iterable[Proc] = ()
+    ) -> None:
+        """Polls `check` (an error counts as not yet) until it holds; fails at once, with
+        its log, when a process of the control plane (or one of `also`) has exited."""
         deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
-        wait_until(check, what, timeout=max(0.0, deadline - time.monotonic()))
+        while time.monotonic() < deadline:
+            for proc in [*self.procs.values(), *also]:
+                if not proc.alive():
+                    raise RuntimeError(f"{proc.name} exited waiting for {what}:\n{proc.tail()}")
+            with contextlib.suppress(Exception):
+                if check():
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"timed out waiting for {what}")

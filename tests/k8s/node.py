@@ -254,11 +254,9 @@ state = "{base / "state"}"
             self.workdir,
         )
         self.procs["kubelet"] = proc
-        self.cluster.wait_for(self.ready, "the node Ready", timeout=180)
+        self.cluster.wait_for(self.ready, "the node Ready", also=self.procs.values())
 
     def ready(self) -> bool:
-        if not self.procs["kubelet"].alive():
-            raise RuntimeError(f"kubelet exited:\n{self.procs['kubelet'].tail()}")
         node = self.cluster.get("node", NODE_NAME)
         return any(
             c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"]

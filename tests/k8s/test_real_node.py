@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from devstack.procs import ROOT, free_port, port_open, wait_until
+from devstack.procs import ROOT, Proc, free_port, port_open, python_env, wait_until
 from tests.integration.realtime import Device
 from tests.k8s.cluster import ControlPlane, rendered
 from tests.k8s.conftest import E2E, NAMESPACE, Builds, control_plane
@@ -69,17 +69,19 @@ def cluster(builds: Builds) -> Iterator[ControlPlane]:
             manifest = rendered(local_overlay(builds, plane.workdir), builds.kustomize)
             docs = [d for d in yaml.safe_load_all(manifest) if d]
             # The dependencies first, as the README's order has it, then the application.
-            apply_until_ready(plane, [d for d in docs if namespace_of(d) in DEPENDENCIES])
-            apply_until_ready(plane, docs)
+            apply_until_ready(plane, node, [d for d in docs if namespace_of(d) in DEPENDENCIES])
+            apply_until_ready(plane, node, docs)
             yield plane
         finally:
             node.stop()
 
 
-def apply_until_ready(cluster: ControlPlane, docs: list[dict[str, Any]]) -> None:
+def apply_until_ready(cluster: ControlPlane, node: Node, docs: list[dict[str, Any]]) -> None:
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
     try:
-        cluster.wait_for(lambda: all_ready(cluster), "every pod Ready", timeout=600)
+        cluster.wait_for(
+            lambda: all_ready(cluster), "every pod Ready", timeout=600, also=node.procs.values()
+        )
     except RuntimeError as err:
         raise RuntimeError(f"{err}\n{diagnose(cluster)}") from None
 
@@ -185,30 +187,23 @@ def test_every_container_ran_first_time_and_is_ready(cluster: ControlPlane) -> N
 def envoy_service(cluster: ControlPlane) -> Iterator[str]:
     """`kubectl port-forward svc/envoy`, as the README says for the dev overlay."""
     port = free_port()
-    forward = subprocess.Popen(
-        [
-            str(cluster.kubectl_bin),
-            f"--kubeconfig={cluster.kubeconfig}",
-            "port-forward",
-            "-n",
-            NAMESPACE,
-            "svc/envoy",
-            f"{port}:80",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    kubectl = [str(cluster.kubectl_bin), f"--kubeconfig={cluster.kubeconfig}", "-n", NAMESPACE]
+    forward = Proc(
+        "port-forward",
+        [*kubectl, "port-forward", "svc/envoy", f"{port}:80"],
+        python_env({}),
+        cluster.workdir,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: port_open(port), "kubectl port-forward svc/envoy", timeout=60)
+        wait_until(lambda: port_open(port), "kubectl port-forward svc/envoy", 60, proc=forward)
         # Envoy is Ready before its DNS refresh (5 s) and first health check (2 s) have
         # found pods that turned Ready with it: until then it answers 503, as after any
         # cold start of the whole namespace. Every upstream answers 401 without a key.
-        wait_until(lambda: front_door_up(url), "every upstream behind Envoy", timeout=60)
+        wait_until(lambda: front_door_up(url), "every upstream behind Envoy", 60, proc=forward)
         yield url
     finally:
-        forward.terminate()
-        forward.wait(timeout=10)
+        forward.stop()
 
 
 def front_door_up(url: str) -> bool:
