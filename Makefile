@@ -79,7 +79,8 @@ k8s-check: $(STAMP) $(K8S_TOOLS)
 	  deploy/k8s/check.sh
 
 # The images, built by buildah without a daemon (deploy/image). FROM is BASE_IMAGE:
-# python:3.11-slim where a registry is reachable (make image BASE_IMAGE=python:3.11-slim),
+# python:3.11-slim where a registry is reachable
+# (make image BASE_IMAGE=docker.io/library/python:3.11-slim),
 # by default the stand-in `make base-image` makes from Debian (rebuilt when base.sh changes).
 # The application image is tagged with its commit (-dirty when its sources differ from it).
 LOCAL_BASE_IMAGE = localhost/sendsar-python:3.11-bookworm-$(shell sha256sum deploy/image/base.sh | cut -c1-12)

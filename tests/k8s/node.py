@@ -2,10 +2,10 @@
 runc, the CNI bridge plugin, the kubelet deploy/k8s/e2e/build.sh built, and cluster DNS
 (its CoreDNS, serving the API's Services on the bridge's address).
 
-Everything it makes is its own and goes at stop: a containerd with its root, state and
-socket under the node's directory, a bridge `sendsar0` (10.244.0.1/24, no default route in
-the pods and no forwarding, so pod traffic never leaves the machine), the kubelet's
-cgroups under /sendsar-e2e, and the pods' mounts and network namespaces.
+Everything it makes is its own and goes at stop (the logs stay): a containerd with its
+root, state and socket under the node's directory, a bridge `sendsar0` (10.244.0.1/24, no
+default route in the pods and no forwarding, so pod traffic never leaves the machine), the
+kubelet's cgroups under /sendsar-e2e, and the pods' mounts and network namespaces.
 
 What this kind of machine needs (cgroup v1, root without CAP_SYS_RESOURCE) is set here:
 `failCgroupV1: false` and the cgroupfs driver for the kubelet, `restrict_oom_score_adj` for
@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import struct
@@ -281,6 +282,9 @@ state = "{base / "state"}"
             proc.kill()
         self.procs.clear()
         self._unmount()
+        # The images unpacked and the pods' files (a GiB a run); the logs stay.
+        for state in ("containerd", "kubelet"):
+            shutil.rmtree(self.workdir / state, ignore_errors=True)
         run("ip", "link", "del", BRIDGE, check=False)
         for hierarchy in self._hierarchies():
             _remove_cgroup(hierarchy / CGROUP_ROOT)
