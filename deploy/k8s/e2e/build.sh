@@ -11,15 +11,24 @@
 # replaced by their published versions, instead of the ./staging directories its own
 # go.mod points at; go.sum pins every hash. Everything of one module is built by one
 # `go build`, so the packages the binaries share compile once. The result is cached outside
-# the checkout, keyed by the module's files, this script and the Go version, so a rerun
+# the checkout, keyed by the module's files, the flags and the Go version, so a rerun
 # (or another clone) builds nothing.
 set -euo pipefail
 module=${1:?usage: build.sh newest|minimum}
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/$module
 version=$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$src/go.mod")
-key=$({ cat "$0" "$src/go.mod" "$src/go.sum"; find "$src" -name '*.go' | sort | xargs -r cat; go env GOVERSION; } \
-  | sha256sum | cut -c1-12)
+minor=${version#v1.}
+minor=${minor%%.*}
+ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$version"
+ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+gcflags=
+if [ "$module" = minimum ]; then gcflags="all=-N -l"; fi
+# The cache key: everything the binaries are made of (not this script's other lines, so
+# editing a comment here rebuilds nothing).
+key=$({ cat "$src/go.mod" "$src/go.sum"; find "$src" -name '*.go' | sort | xargs -r cat
+  go env GOVERSION; echo "$gcflags $ldflags"; } | sha256sum | cut -c1-12)
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/sendsar/k8s
 out=$cache/$module-$version-$key
 mkdir -p "$cache"
@@ -29,20 +38,15 @@ flock 9  # one build of a module at a time (CI's background build, a make k8s-e2
 if [ ! -e "$out/.complete" ]; then
   echo "building Kubernetes $version ($module) into $out" >&2
   rm -rf "$out.tmp"
-  minor=${version#v1.}
-  minor=${minor%%.*}
-  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$version"
-  ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
-  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-  gcflags=
-  if [ "$module" = minimum ]; then gcflags="all=-N -l"; fi
   start=$SECONDS
   (cd "$src" && GOWORK=off GOFLAGS=-mod=readonly CGO_ENABLED=0 \
     nice -n 10 go build -trimpath -gcflags "$gcflags" -ldflags "$ldflags" -o "$out.tmp/" tool)
   touch "$out.tmp/.complete"
-  # Older builds of this module are of no further use.
-  find "$cache" -maxdepth 1 -name "$module-*" ! -name "$(basename "$out")*" -exec rm -rf {} +
   mv "$out.tmp" "$out"
   echo "built Kubernetes $version ($module) in $((SECONDS - start)) s" >&2
 fi
+# Builds of this module that no checkout has used for a week go (another branch may pin
+# another release: it keeps its build while it is in use).
+touch "$out"
+find "$cache" -maxdepth 1 -name "$module-*" -mtime +7 ! -path "$out" -exec rm -rf {} +
 echo "$out"
