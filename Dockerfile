@@ -2,11 +2,16 @@
 # Dependencies come first, from the hash-pinned runtime lock, so a code change rebuilds only
 # the last layers. devstack/ (the local stack) and the dev tools stay out; nothing under
 # services/ imports devstack.
-FROM python:3.11-slim
+# BASE_IMAGE: where the registry cannot be reached, `make image` builds on the stand-in that
+# `make base-image` makes from Debian (deploy/image/base.sh); pip then needs the host's CA
+# bundle, which `make image` mounts for the build only.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 RUN groupadd --gid 10001 app && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY requirements/lock.txt requirements/lock.txt

@@ -10,7 +10,8 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 # The wheels put nats-server and envoy in the venv's bin.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install lock proto k8s k8s-check proto-check lint test test-fast dev bench livekit demo browsers openapi clean ci sdk sdk-test sdk-pack
+.PHONY: install lock proto k8s k8s-check proto-check lint test test-fast dev bench livekit demo browsers openapi clean ci \
+  sdk sdk-test sdk-pack base-image image image-smoke server-images k8s-e2e-build k8s-e2e
 
 # Every package, transitive ones included, comes from the hash-pinned lock files:
 # requirements/dev.txt here and in CI, requirements/lock.txt (runtime only) in the image.
@@ -91,6 +92,47 @@ K8S_TOOLS := .cache/bin/kustomize-$(KUSTOMIZE_VERSION) .cache/bin/kube-score-$(K
 k8s-check: $(STAMP) $(K8S_TOOLS)
 	KUSTOMIZE=.cache/bin/kustomize-$(KUSTOMIZE_VERSION) KUBE_SCORE=.cache/bin/kube-score-$(KUBE_SCORE_VERSION) \
 	  deploy/k8s/check.sh
+
+# The images, built by buildah without a daemon (deploy/image). FROM is BASE_IMAGE:
+# python:3.11-slim where a registry is reachable
+# (make image BASE_IMAGE=docker.io/library/python:3.11-slim),
+# by default the stand-in `make base-image` makes from Debian (rebuilt when base.sh changes).
+# The application image is tagged with its commit (-dirty when its sources differ from it).
+LOCAL_BASE_IMAGE = localhost/sendsar-python:3.11-bookworm-$(shell sha256sum deploy/image/base.sh | cut -c1-12)
+BASE_IMAGE ?= $(LOCAL_BASE_IMAGE)
+IMAGE ?= localhost/sendsar-calls
+IMAGE_TAG ?= $(shell deploy/image/tag.sh)
+IMAGE_ENV = BASE_IMAGE=$(BASE_IMAGE) IMAGE=$(IMAGE) IMAGE_TAG=$(IMAGE_TAG)
+NEEDS_BASE = $(if $(filter $(LOCAL_BASE_IMAGE),$(BASE_IMAGE)),base-image)
+
+base-image:
+	deploy/image/base.sh $(LOCAL_BASE_IMAGE)
+
+image: $(NEEDS_BASE)
+	$(IMAGE_ENV) deploy/image/build.sh app
+
+# Runs every entry point of the image as the manifests do: non-root, read-only root.
+image-smoke: image
+	deploy/image/smoke.sh $(IMAGE):$(IMAGE_TAG)
+
+# PostgreSQL, NATS and Envoy from the wheels `make dev` runs, for a cluster on this machine.
+server-images: $(NEEDS_BASE)
+	$(IMAGE_ENV) deploy/image/build.sh servers
+
+# The manifests on real Kubernetes (tests/k8s): server-side validation on the oldest
+# supported and the newest release, kwok nodes in three zones, a real node (containerd,
+# kubelet) running the dev overlay. The binaries are built from source by
+# deploy/k8s/e2e/build.sh and cached in ~/.cache/sendsar/k8s. Needs root and the Debian
+# packages .ci/run installs.
+k8s-e2e-build:
+	deploy/k8s/e2e/build.sh newest >/dev/null
+	deploy/k8s/e2e/build.sh minimum >/dev/null
+
+k8s-e2e: $(STAMP) .cache/bin/kustomize-$(KUSTOMIZE_VERSION) image server-images
+	K8S_E2E_NEWEST=$$(deploy/k8s/e2e/build.sh newest) K8S_E2E_MINIMUM=$$(deploy/k8s/e2e/build.sh minimum) \
+	  K8S_E2E_IMAGES="$(IMAGE):$(IMAGE_TAG) $$(deploy/image/build.sh refs)" \
+	  KUSTOMIZE=$(CURDIR)/.cache/bin/kustomize-$(KUSTOMIZE_VERSION) \
+	  $(BIN)/python -m pytest tests/k8s
 
 # buf lints an image built by protoc, because the googleapis deps would
 # otherwise come from the Buf registry, which this network cannot reach.

@@ -27,6 +27,8 @@ IGNORE_ALL=(
 IGNORE_DEV=(
   # One replica of everything on a laptop cluster (its HPAs start at 1).
   horizontalpodautoscaler-replicas
+  # Its images are built locally and loaded into the cluster, not pulled: IfNotPresent.
+  container-image-pull-policy
 )
 OPTIONAL=(
   container-memory-requests-equal-limits
