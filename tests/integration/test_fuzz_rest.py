@@ -67,6 +67,8 @@ DEFAULT_CALLS = {
     "ringTimeoutSeconds": 45,
     "defaultType": "video",
     "busyPolicy": "ring",
+    "guestsEnabled": False,
+    "lobby": "host",
 }
 
 

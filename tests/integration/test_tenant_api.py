@@ -26,6 +26,8 @@ DEFAULTS = {
     "ringTimeoutSeconds": 45,
     "defaultType": "video",
     "busyPolicy": "ring",
+    "guestsEnabled": False,
+    "lobby": "host",
 }
 SETTINGS = "/v1/tenant/settings"
 WEBHOOK = "/v1/tenant/webhook"
@@ -224,6 +226,8 @@ def test_successive_partial_patches_all_survive(tenant: Tenant) -> None:
     tenant.patch_settings(ringTimeoutSeconds=20)
     tenant.patch_settings(defaultType="audio")
     tenant.patch_settings(busyPolicy="reject")
+    tenant.patch_settings(guestsEnabled=True)
+    tenant.patch_settings(lobby="off")
     last = tenant.patch_settings(enabled=False)
     expected = {
         "enabled": False,
@@ -231,6 +235,8 @@ def test_successive_partial_patches_all_survive(tenant: Tenant) -> None:
         "ringTimeoutSeconds": 20,
         "defaultType": "audio",
         "busyPolicy": "reject",
+        "guestsEnabled": True,
+        "lobby": "off",
     }
     assert last == expected
     assert _settings(tenant) == expected
