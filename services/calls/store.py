@@ -197,15 +197,24 @@ upd AS (
 ),
 c AS (SELECT id FROM ins UNION ALL SELECT id FROM upd),
 p AS (
-    INSERT INTO call_participants (call_id, tenant_id, user_id, state, joined_at, left_at,
-                                   ever_joined, ring_deadline)
-    SELECT c.id, %(tenant_id)s, p.*
+    INSERT INTO call_participants (call_id, tenant_id, call_created_at, user_id, state,
+                                   joined_at, left_at, ever_joined, ring_deadline)
+    SELECT c.id, %(tenant_id)s, %(created_at)s, p.*
     FROM c, unnest(%(p_user_id)s::text[], %(p_state)s::text[],
                    %(p_joined_at)s::timestamptz[], %(p_left_at)s::timestamptz[],
                    %(p_ever_joined)s::boolean[], %(p_ring_deadline)s::timestamptz[]) AS p
     ON CONFLICT (call_id, user_id) DO UPDATE SET state = excluded.state,
         joined_at = excluded.joined_at, left_at = excluded.left_at,
-        ever_joined = excluded.ever_joined, ring_deadline = excluded.ring_deadline
+        ever_joined = excluded.ever_joined, ring_deadline = excluded.ring_deadline,
+        -- A rejoin overwrites the last join's times: keep what that join counted for
+        -- usage (services/calls/usage.py), its time joined while the call was answered.
+        joined_before = call_participants.joined_before + CASE
+            WHEN excluded.state = 'joined' AND call_participants.state <> 'joined'
+                 AND call_participants.left_at IS NOT NULL
+                 AND %(answered_at)s::timestamptz IS NOT NULL
+            THEN greatest(interval '0', call_participants.left_at
+                          - greatest(call_participants.joined_at, %(answered_at)s::timestamptz))
+            ELSE interval '0' END
 ),
 o AS (
     INSERT INTO outbox (id, tenant_id, subject, payload, traceparent)
