@@ -67,6 +67,8 @@ class PageTokens:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
             raise _refused() from None
+        if base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
+            raise _refused()  # only the one spelling we issue
         body, mac = raw[: -_MAC_BYTES - 1], raw[-_MAC_BYTES:]
         if len(raw) <= _MAC_BYTES + 1 or not hmac.compare_digest(
             mac, self._mac(tenant_id, filters, body)
