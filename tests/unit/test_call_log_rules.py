@@ -168,11 +168,9 @@ def test_minutes_are_rounded_once_half_up(seconds: str, minutes: float) -> None:
 def test_usage_sums_exactly_and_rounds_each_figure_once() -> None:
     rows = [  # one answered call a day: audio on the 1st, video on the 2nd; 20.1 s each
         {"day": date(2026, 11, 1), "calls": 1, "answered": 1, "audio_calls": 1,
-         "video_calls": 0, "seconds": Decimal("20.1"), "audio_seconds": Decimal("20.1"),
-         "video_seconds": None},
+         "video_calls": 0, "audio_seconds": Decimal("20.1"), "video_seconds": None},
         {"day": date(2026, 11, 2), "calls": 1, "answered": 1, "audio_calls": 0,
-         "video_calls": 1, "seconds": Decimal("20.1"), "audio_seconds": None,
-         "video_seconds": Decimal("20.1")},
+         "video_calls": 1, "audio_seconds": None, "video_seconds": Decimal("20.1")},
     ]  # fmt: skip
     body = usage.to_pb(usage.tally(rows))
     assert (body.calls, body.answered_calls) == (2, 2)
