@@ -176,15 +176,8 @@ def explain(database_url: str, tenant_id: str, history: History) -> None:
     }
     with psycopg.connect(database_url, autocommit=True) as db:
         for name, filters in kinds.items():
-            plan = call_log.listing(filters, after=False)
-            budget = call_log.SCAN_BUDGET[plan.driver] if plan.residual else 51
-            params = {
-                "tenant": tenant_id, "room": filters.room_id, "user": filters.user_id,
-                "status": filters.status, "end_reason": filters.end_reason,
-                "start": filters.start, "end": filters.end, "after_at": None,
-                "after_id": None, "limit": 51, "budget": budget, "edge": budget - 1,
-            }  # fmt: skip
-            rows = db.execute("EXPLAIN (ANALYZE, BUFFERS) " + plan.sql, params).fetchall()
+            plan = call_log.listing(tenant_id, filters, after=None, size=50)
+            rows = db.execute("EXPLAIN (ANALYZE, BUFFERS) " + plan.sql, plan.params).fetchall()
             print(f"\n-- list, {name}\n" + "\n".join(r[0] for r in rows))
         params = {"tenant": tenant_id, "start": end - timedelta(days=31), "end": end}
         rows = db.execute("EXPLAIN (ANALYZE, BUFFERS) " + USAGE, params).fetchall()

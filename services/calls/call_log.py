@@ -68,12 +68,13 @@ SCAN_BUDGET = {"tenant": 10_000, "live": 10_000, "room": 2_000, "user": 2_000}
 
 @dataclass(frozen=True)
 class Listing:
-    """The statement of one filter set: which index it walks, and whether other filters
-    remain to be checked on what it reads."""
+    """The statement of one page: which index it walks, whether other filters remain to
+    be checked on what it reads, and its parameters."""
 
     driver: str
     sql: str
     residual: bool
+    params: dict[str, Any]
 
 
 def _range(created_at: str, call_id: str, filters: Filters, after: bool) -> str:
@@ -88,19 +89,19 @@ def _range(created_at: str, call_id: str, filters: Filters, after: bool) -> str:
     return " ".join(parts)
 
 
-def listing(filters: Filters, after: bool) -> Listing:
-    """The listing's statement for these filters (a fixed text per filter set, so that
-    psycopg prepares it): the rows of up to %(limit)s calls that pass, in the log's order,
-    read lazily from the first %(budget)s rows of the driver; and, when filters remain and
-    fewer calls passed, the driver's last row in the budget (`hit` false), if it has one.
-    """
+def listing(tenant: str, filters: Filters, after: Position | None, size: int) -> Listing:
+    """A page of the tenant's log: `size` calls that pass the filters after `after`. The
+    statement is a fixed text per filter set (so that psycopg prepares it): the rows of up
+    to size + 1 calls that pass, in the log's order, read lazily from the first
+    %(budget)s rows of the driver; and, when filters remain and fewer calls passed, the
+    driver's last row in the budget (`hit` false), if it has one."""
     residual: list[str] = []
     if filters.user_id is not None:
         driver = "user"
         scan = f"""
         SELECT p.call_id AS id, p.call_created_at AS created_at FROM call_participants p
         WHERE p.tenant_id = %(tenant)s AND p.user_id = %(user)s
-          {_range("p.call_created_at", "p.call_id", filters, after)}
+          {_range("p.call_created_at", "p.call_id", filters, after is not None)}
         ORDER BY p.call_created_at DESC, p.call_id DESC"""
         if filters.room_id is not None:
             residual.append("c.room_id = %(room)s")
@@ -115,7 +116,7 @@ def listing(filters: Filters, after: bool) -> Listing:
             driver, where = "tenant", "c.tenant_id = %(tenant)s"
         scan = f"""
         SELECT c.id, c.created_at, c.status, c.end_reason FROM calls c
-        WHERE {where} {_range("c.created_at", "c.id", filters, after)}
+        WHERE {where} {_range("c.created_at", "c.id", filters, after is not None)}
         ORDER BY c.created_at DESC, c.id DESC"""
         row = "s"
     if filters.status is not None:
@@ -140,7 +141,22 @@ SELECT x.hit, c.* FROM (
     SELECT id, created_at, true AS hit FROM hits{edge if residual else ""}
 ) x JOIN calls c ON c.id = x.id AND c.tenant_id = %(tenant)s
 ORDER BY x.hit DESC, x.created_at DESC, x.id DESC"""
-    return Listing(driver, sql, bool(residual))
+    budget = SCAN_BUDGET[driver] if residual else size + 1
+    params = {
+        "tenant": tenant,
+        "room": filters.room_id,
+        "user": filters.user_id,
+        "status": filters.status,
+        "end_reason": filters.end_reason,
+        "start": filters.start,
+        "end": filters.end,
+        "after_at": after.created_at if after else None,
+        "after_id": after.call_id if after else None,
+        "limit": size + 1,
+        "budget": budget,
+        "edge": budget - 1,
+    }
+    return Listing(driver, sql, bool(residual), params)
 
 
 # One call: the tenant's, and with a session only if the user is in the call's room now.
@@ -184,26 +200,8 @@ class CallLogService(pb_grpc.CallLogServiceServicer):
         after = (
             self.tokens.read(tenant, canonical, request.page_token) if request.page_token else None
         )
-        plan = listing(filters, after is not None)
-        budget = SCAN_BUDGET[plan.driver] if plan.residual else size + 1
-        rows, calls = await self._read(
-            plan.sql,
-            {
-                "tenant": tenant,
-                "room": filters.room_id,
-                "user": filters.user_id,
-                "status": filters.status,
-                "end_reason": filters.end_reason,
-                "start": filters.start,
-                "end": filters.end,
-                "after_at": after.created_at if after else None,
-                "after_id": after.call_id if after else None,
-                "limit": size + 1,
-                "budget": budget,
-                "edge": budget - 1,
-            },
-            shown=size,
-        )
+        plan = listing(tenant, filters, after, size)
+        rows, calls = await self._read(plan.sql, plan.params, shown=size)
         hits = [r for r in rows if r["hit"]]
         edge = next((r for r in rows if not r["hit"]), None)
         response = pb.ListCallsResponse()

@@ -22,6 +22,7 @@ import pytest
 
 from services.calls import call_log
 from services.calls.log_filters import Filters
+from services.calls.page_tokens import Position
 from services.calls.usage import USAGE
 from tests.conftest import Tenant, error_reason
 from tests.integration.test_calls_lifecycle import Users, act, ok, refused, start
@@ -546,14 +547,9 @@ def test_every_listing_statement_runs(stack: Stack) -> None:
             given = {k: v for (k, v), on in zip(values.items(), chosen, strict=True) if on}
             for status, after in itertools.product((None, "ended", "active"), (False, True)):
                 filters = Filters(**given, status=status)
-                plan = call_log.listing(filters, after)
-                params = {
-                    "tenant": "tn_x", "room": filters.room_id, "user": filters.user_id,
-                    "status": status, "end_reason": filters.end_reason,
-                    "start": filters.start, "end": filters.end, "after_at": DAY,
-                    "after_id": new_call_id(), "limit": 3, "budget": 10, "edge": 9,
-                }  # fmt: skip
-                assert db.execute(plan.sql, params).fetchall() == [], plan.sql
+                position = Position(DAY, new_call_id()) if after else None
+                plan = call_log.listing("tn_x", filters, position, size=2)
+                assert db.execute(plan.sql, plan.params).fetchall() == [], plan.sql
 
 
 def test_a_usage_query_holds_no_lock_a_transition_waits_for(

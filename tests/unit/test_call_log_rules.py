@@ -9,7 +9,7 @@ import pytest
 from sendsar.calls.v1 import call_log_pb2 as pb
 
 from services.calls import usage
-from services.calls.call_log import listing
+from services.calls.call_log import SCAN_BUDGET, Listing, listing
 from services.calls.log_filters import Filters, Window, page_size, rfc3339
 from services.calls.page_tokens import PageTokens, Position
 from services.common.errors import ServiceError
@@ -145,13 +145,18 @@ def test_a_usage_window_is_at_most_366_days() -> None:
 
 
 def test_the_driver_follows_the_filters() -> None:
-    assert listing(Filters(), after=False).driver == "tenant"
-    assert listing(Filters(status="ended"), after=False).driver == "tenant"
-    assert listing(Filters(status="ringing"), after=False).driver == "live"
-    assert listing(Filters(room_id="rm_x", status="active"), after=False).driver == "room"
-    user = listing(Filters(user_id="u", room_id="rm_x"), after=True)
+    def plan(filters: Filters, after: Position | None = None) -> Listing:
+        return listing("tn_a", filters, after, size=10)
+
+    assert plan(Filters()).driver == "tenant"
+    assert plan(Filters(status="ended")).driver == "tenant"
+    assert plan(Filters(status="ringing")).driver == "live"
+    assert plan(Filters(room_id="rm_x", status="active")).driver == "room"
+    user = plan(Filters(user_id="u", room_id="rm_x"), Position(AT, CALL))
     assert user.driver == "user" and user.residual and "%(after_at)s" in user.sql
-    assert not listing(Filters(user_id="u", start=AT), after=False).residual
+    assert user.params["budget"] == SCAN_BUDGET["user"] and user.params["after_id"] == CALL
+    exact = plan(Filters(user_id="u", start=AT))
+    assert not exact.residual and exact.params["budget"] == exact.params["limit"] == 11
 
 
 # --- usage arithmetic ----------------------------------------------------------------
