@@ -11,7 +11,9 @@ writes bench/results/<timestamp>.json:
 - stack CPU per lifecycle: CPU seconds of every stack process (PostgreSQL backends,
   Envoy, NATS, LiveKit, every service worker) over the window / lifecycles completed;
 - ring latency (POST start sent → call.invite on the callee's socket) at steady rates;
-- memory per idle Socket.IO connection (the bridge's RSS growth over N sockets).
+- memory per idle Socket.IO connection (the bridge's RSS growth over N sockets);
+- then, on stacks of their own, the outbox relay (bench/relay.py) and the call log and
+  usage on a history of a million calls (bench/call_log.py, `--call-log-calls`).
 
 `--profile` also samples the calls workers with py-spy during the lifecycle window and
 prints the functions with the most own time (the figures of such a run are not
@@ -37,7 +39,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import load, procstat, relay, webhooks
+from bench import call_log, load, procstat, relay, webhooks
 from bench.load import Pair, Timings
 from devstack.procs import ROOT
 from services.common.auth import mint_session
@@ -270,6 +272,9 @@ def main() -> None:
     parser.add_argument("--ring-seconds", type=float, default=10.0)
     parser.add_argument("--idle-sockets", type=int, default=2000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--call-log-calls", type=int, default=1_000_000, help="call log history (0: skip)"
+    )
     args = parser.parse_args()
 
     workers = {"tenant": CORES, "chat": CORES, "calls": CORES}
@@ -300,6 +305,7 @@ def main() -> None:
         stack.stop_all()
     relay_figures = asyncio.run(relay.measure())
     webhook_figures = webhooks.measure()
+    log_figures = call_log.measure(args.call_log_calls) if args.call_log_calls else {}
 
     ring100 = next((r for r in ring if r["rate"] == 100), None)
     result: dict[str, Any] = {
@@ -314,6 +320,7 @@ def main() -> None:
         "idle": idle,
         "relay": relay_figures,
         "webhooks": webhook_figures,
+        "call_log": log_figures,
     }
     result["met"] = {
         "cpu_ms_per_lifecycle": (lifecycle["cpu_ms_per_lifecycle"] or 1e9)
@@ -325,11 +332,14 @@ def main() -> None:
         "relay_events_per_s": relay_figures["relay_events_per_s"] >= TARGETS["relay_events_per_s"],
         "webhook_drain_per_s": webhook_figures["webhook_drain_per_s"]
         >= TARGETS["webhook_drain_per_s"],
+        **log_figures.get("met", {}),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{result['timestamp']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     report(result)
+    if log_figures:
+        call_log.report(log_figures)
     print(f"\nwritten: {path.relative_to(ROOT)}")
 
 

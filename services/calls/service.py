@@ -12,7 +12,7 @@ from sendsar.calls.v1 import calls_pb2 as pb
 from sendsar.calls.v1 import calls_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.calls import domain, store, sweeps
+from services.calls import call_log, domain, store, sweeps
 from services.calls.convert import timestamp
 from services.calls.domain import (
     RING_AGAIN_MAX,
@@ -319,6 +319,7 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
     calls = CallTransitions.for_settings(pool, effects, settings)
     relay = relay_jobs(settings)  # the outbox relay runs in every calls replica
     servicer = CallService(calls, media, settings)
+    log, close_log = await call_log.registration(settings)  # GET /v1/calls, /v1/usage
 
     def add(server: grpc.aio.Server) -> None:
         pb_grpc.add_CallServiceServicer_to_server(servicer, server)
@@ -344,7 +345,7 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
 
     name = pb.DESCRIPTOR.services_by_name["CallService"].full_name
     return ServiceParts(
-        registrations=[Registration(add, name, POLICIES)],
+        registrations=[Registration(add, name, POLICIES), log],
         background=[
             ring_timeouts,
             silent_calls,
@@ -353,5 +354,5 @@ async def build(settings: Settings, engine: AsyncEngine) -> ServiceParts:
             media_cleanup,
             *relay.background,
         ],
-        closers=[close, relay.close],
+        closers=[close, relay.close, close_log],
     )

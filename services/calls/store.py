@@ -197,16 +197,25 @@ upd AS (
 ),
 c AS (SELECT id FROM ins UNION ALL SELECT id FROM upd),
 p AS (
-    INSERT INTO call_participants (call_id, tenant_id, user_id, state, joined_at, left_at,
-                                   ever_joined, ring_deadline, name)
-    SELECT c.id, %(tenant_id)s, p.*
+    INSERT INTO call_participants (call_id, tenant_id, call_created_at, user_id, state,
+                                   joined_at, left_at, ever_joined, ring_deadline, name)
+    SELECT c.id, %(tenant_id)s, %(created_at)s, p.*
     FROM c, unnest(%(p_user_id)s::text[], %(p_state)s::text[],
                    %(p_joined_at)s::timestamptz[], %(p_left_at)s::timestamptz[],
                    %(p_ever_joined)s::boolean[], %(p_ring_deadline)s::timestamptz[],
                    %(p_name)s::text[]) AS p
     ON CONFLICT (call_id, user_id) DO UPDATE SET state = excluded.state,
         joined_at = excluded.joined_at, left_at = excluded.left_at,
-        ever_joined = excluded.ever_joined, ring_deadline = excluded.ring_deadline
+        ever_joined = excluded.ever_joined, ring_deadline = excluded.ring_deadline,
+        -- A rejoin overwrites the last join's times: keep what that join counted for
+        -- usage (services/calls/usage.py), its time joined while the call was answered.
+        joined_before = call_participants.joined_before + CASE
+            WHEN excluded.state = 'joined' AND call_participants.state <> 'joined'
+                 AND call_participants.left_at IS NOT NULL
+                 AND %(answered_at)s::timestamptz IS NOT NULL
+            THEN greatest(interval '0', call_participants.left_at
+                          - greatest(call_participants.joined_at, %(answered_at)s::timestamptz))
+            ELSE interval '0' END
 ),
 o AS (
     INSERT INTO outbox (id, tenant_id, subject, payload, traceparent)
@@ -546,7 +555,7 @@ async def which_due(conn: AsyncConnection[Any], dues: Sequence[Due]) -> list[boo
     return [bool(flag) for flag in row] if row else [False] * len(dues)
 
 
-async def _with_participants(conn: AsyncConnection[Any], rows: list[Row]) -> list[Call]:
+async def with_participants(conn: AsyncConnection[Any], rows: list[Row]) -> list[Call]:
     people: dict[str, list[Participant]] = {row["id"]: [] for row in rows}
     for p in await _all(conn, PARTICIPANTS_OF, {"calls": list(people)}):
         people[p["call_id"]].append(_participant(p))
@@ -559,7 +568,7 @@ async def lock_due(conn: AsyncConnection[Any], due: Due, limit: int) -> tuple[da
     rows = await _all(conn, due.lock, {"limit": limit})
     if not rows:
         return datetime.min, []
-    return rows[0]["now"], await _with_participants(conn, rows)
+    return rows[0]["now"], await with_participants(conn, rows)
 
 
 async def lock_by_media_room(
@@ -568,7 +577,7 @@ async def lock_by_media_room(
     rows = await _all(conn, LOCK_BY_MEDIA_ROOM, {"livekit_room": livekit_room})
     if not rows:
         return datetime.min, None
-    [call] = await _with_participants(conn, rows)
+    [call] = await with_participants(conn, rows)
     return rows[0]["now"], call
 
 
@@ -578,7 +587,7 @@ async def calls_of_user(
     """The user's live calls, or (`ringing`) those ringing for the user now."""
     sql = RINGING_FOR_USER if ringing else CALLS_OF_USER
     rows = await _all(conn, sql, {"tenant": tenant, "user": user})
-    return await _with_participants(conn, rows) if rows else []
+    return await with_participants(conn, rows) if rows else []
 
 
 async def live_counts(conn: AsyncConnection[Any]) -> dict[str, int]:

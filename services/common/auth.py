@@ -53,6 +53,7 @@ class Policy(Enum):
     ANSWER = "answer"  # a session, or a ring token of the call (checked by the RPC)
     JOIN = "join"  # ANSWER, or a guest session of the call (accept)
     IN_CALL = "in_call"  # a session, or a guest session of the call (leave, token)
+    READ_CALL = "read_call"  # an API key, a session, or a guest session of the call
     ANY = "any"  # an API key or a session
 
 
@@ -196,11 +197,18 @@ def check_policy(policy: Policy, principal: Principal | None) -> None:
     if principal.kind is Kind.RING and policy not in (Policy.ANSWER, Policy.JOIN):
         # Not a credential for anything else: as if none had been given.
         raise unauthenticated("a ring token only accepts or declines its call")
-    if principal.kind is Kind.GUEST and policy not in (Policy.JOIN, Policy.IN_CALL):
-        raise unauthenticated("a guest token only accepts, leaves or renews its call's media")
+    if principal.kind is Kind.GUEST and policy not in (
+        Policy.JOIN,
+        Policy.IN_CALL,
+        Policy.READ_CALL,
+    ):
+        raise unauthenticated("a guest token only joins, leaves or reads its own call")
     if policy is Policy.API_KEY and principal.kind is not Kind.API_KEY:
         raise forbidden("API_KEY_REQUIRED", "this call needs the tenant's API key")
-    if policy not in (Policy.ANY, Policy.API_KEY) and principal.kind is Kind.API_KEY:
+    if (
+        policy not in (Policy.ANY, Policy.API_KEY, Policy.READ_CALL)
+        and principal.kind is Kind.API_KEY
+    ):
         raise forbidden("SESSION_REQUIRED", "this call needs an app user's session token")
 
 

@@ -8,7 +8,7 @@ is a single conditional statement.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    Interval,
     LargeBinary,
     SmallInteger,
     String,
@@ -179,13 +180,28 @@ class Call(SQLModel, table=True):
             "media_deadline",
             postgresql_where=text("status = 'active'"),
         ),
+        # The call log and usage (services/calls/call_log.py, usage.py): (created_at, id)
+        # is the log's keyset order.
+        Index(
+            "ix_calls_tenant_created",
+            "tenant_id",
+            "created_at",
+            "id",
+            postgresql_include=["type", "status", "end_reason", "answered_at", "ended_at"],
+        ),
+        Index(
+            "ix_calls_live_tenant",
+            "tenant_id",
+            "created_at",
+            "id",
+            postgresql_where=text("status IN ('ringing', 'active')"),
+        ),
+        Index("ix_calls_room_created", "room_id", "created_at", "id"),
     )
 
     id: str = Field(primary_key=True)
-    tenant_id: str = Field(index=True)
-    room_id: str = Field(
-        sa_column=Column(String, ForeignKey("rooms.id"), nullable=False, index=True)
-    )
+    tenant_id: str
+    room_id: str = Field(sa_column=Column(String, ForeignKey("rooms.id"), nullable=False))
     type: str
     mode: str
     status: str
@@ -226,6 +242,19 @@ class CallParticipant(SQLModel, table=True):
             "user_id",
             postgresql_where=text("state = 'joined'"),
         ),
+        # A user's calls, newest first (the call log's userId filter).
+        Index(
+            "ix_call_participants_user_calls", "tenant_id", "user_id", "call_created_at", "call_id"
+        ),
+        # What usage reads of the participants who joined, in the calls' order.
+        Index(
+            "ix_call_participants_usage",
+            "tenant_id",
+            "call_created_at",
+            "call_id",
+            postgresql_include=["joined_at", "left_at", "joined_before"],
+            postgresql_where=text("joined_at IS NOT NULL"),
+        ),
     )
 
     call_id: str = Field(sa_column=Column(String, ForeignKey("calls.id"), primary_key=True))
@@ -239,6 +268,14 @@ class CallParticipant(SQLModel, table=True):
     ring_deadline: datetime | None = _ts(nullable=True)
     # A guest's name, as they gave it (guests' user ids are "guest:<id>").
     name: str | None = None
+    # The call's created_at (the call log's order), written with the participant.
+    call_created_at: datetime | None = _ts(nullable=True)
+    # Time joined while the call was answered before joined_at (earlier joins of a
+    # participant who left and came back); usage adds the last join's from the times.
+    joined_before: timedelta = Field(
+        default=timedelta(0),
+        sa_column=Column(Interval, nullable=False, server_default=text("'0'")),
+    )
 
 
 class CallLink(SQLModel, table=True):

@@ -293,6 +293,16 @@ def test_a_guest_token_does_nothing_but_its_own_calls_few_things(tenant: Tenant)
         ]
         for reply in attempts:
             assert reply.status_code in (401, 403), (reply.request.url, reply.text)
+        more = [
+            g.get(f"/v1/calls/{other}"),  # another call: as if it did not exist
+            g.get("/v1/calls"),
+            g.get(
+                "/v1/usage", params={"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
+            ),
+        ]
+        for reply in more:
+            assert reply.status_code in (401, 403, 404), (reply.request.url, reply.text)
+        assert ok(g.get(f"/v1/calls/{call}"))["call"]["id"] == call  # its own call
         ok(post(g, f"{base}/accept"))  # what it may do still works
 
 
