@@ -102,7 +102,7 @@ class SocketBench:
             return int(row[0]) if row else 0
 
     def bridge_counters(self) -> dict[str, float]:
-        """The bridge's Prometheus counters whose names say sync."""
+        """The bridge's Prometheus series (syncs, sync reads, closes, refusals, ...)."""
 
         async def scrape() -> str:
             async with (
@@ -113,8 +113,10 @@ class SocketBench:
 
         out: dict[str, float] = {}
         for line in asyncio.run(scrape()).splitlines():
-            name, _, value = line.partition(" ")
-            if "sync" in name and name.endswith("_total"):
+            name, _, value = line.rpartition(" ")
+            if line.startswith("socket_bridge_") and not any(
+                part in name for part in ("_created", "_bucket")
+            ):
                 out[name] = float(value)
         return out
 
@@ -179,7 +181,9 @@ class SocketBench:
             "cpu_share_of_a_core": {k: round(v / window, 2) for k, v in cpu.items()},
             "pg_transactions": xacts1 - xacts0,
             "bridge_counters": {
-                k: counters1[k] - counters0.get(k, 0.0) for k in counters1 if k in counters1
+                k: v - counters0.get(k, 0.0)
+                for k, v in counters1.items()
+                if v != counters0.get(k, 0.0)
             },
         }
 

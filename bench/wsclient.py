@@ -30,7 +30,7 @@ OnEvent = Callable[["Client", str, str, float], None]  # client, event, raw pack
 
 _HANDSHAKE = (
     "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    "Sec-WebSocket-Key: c2VuZHNhci1iZW5jaC1rZXk=\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: c2VuZHNhci1iZW5jaC0xNg==\r\nSec-WebSocket-Version: 13\r\n"
     "{extensions}\r\n"
 )
 _DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
