@@ -47,6 +47,9 @@ _CLOSE_NORMAL, _CLOSE_PROTOCOL, _CLOSE_TOO_BIG, _CLOSE_RESTART = 1000, 1002, 100
 # yet): past this many unsent bytes its socket is closed rather than grow without bound.
 # Generous: one event of a 1,000-member call is ~40 KB.
 MAX_WRITE_BUFFER = 8 << 20
+# python-socketio's own sockets are checked for their ping timeout this often (walking
+# every socket of the process to find them).
+STOCK_CHECK_SECONDS = 5
 
 
 def frame(opcode: int, payload: bytes) -> bytes:
@@ -203,6 +206,8 @@ class EngineSocket(asyncio.Protocol):
         if self.delegate is not None:
             self.delegate.data_received(data)
         elif self.sid:
+            if self.closed or self.transport is None or self.transport.is_closing():
+                return  # the rest of a connection being closed
             self.buffer += data
             self._frames()
         else:
@@ -399,7 +404,9 @@ class LeanEngine(engineio.AsyncServer):
         # ping_timeout; `heartbeat` walks a slice of the sockets a second instead.
         super().__init__(monitor_clients=False, **kw)
         self.path = "/" + socketio_path.strip("/") + "/"
-        self.slots: list[set[EngineSocket]] = [set() for _ in range(int(self.ping_interval))]
+        self.slots: list[set[EngineSocket]] = [
+            set() for _ in range(max(1, int(self.ping_interval)))
+        ]
         self.tick = 0
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -460,27 +467,37 @@ class LeanEngine(engineio.AsyncServer):
         for slot in self.slots:
             slot.discard(sock)
 
+    async def _check_stock_sockets(self) -> None:
+        """What Engine.IO's own monitor did for its sockets (long-polling ones): drop the
+        closed, close those past their ping timeout."""
+        for sid, other in list(self.sockets.items()):
+            if isinstance(other, EngineSocket):
+                continue
+            if other.closed:
+                self.sockets.pop(sid, None)
+            elif not other.closing:
+                with contextlib.suppress(Exception):
+                    await other.check_ping_timeout()
+
     async def heartbeat(self) -> None:
-        """Runs for the process's life: a slot of lean sockets a second, and python-
-        socketio's own sockets (long-polling) checked for their ping timeout."""
+        """Runs for the process's life: `beat()` once a second."""
         while True:
             started = time.monotonic()
-            slot = self.slots[self.tick % len(self.slots)]
-            self.tick += 1
-            for sock in list(slot):
-                if sock.closed or sock.closing:
-                    slot.discard(sock)
-                elif sock.awaiting_pong:
-                    self.spawn(sock.close(wait=False, reason=self.reason.PING_TIMEOUT))
-                else:
-                    sock.awaiting_pong = True
-                    sock.write(_PING_FRAME)
-            for sid, other in list(self.sockets.items()):
-                if isinstance(other, EngineSocket):
-                    continue
-                if other.closed:
-                    self.sockets.pop(sid, None)
-                elif not other.closing:
-                    with contextlib.suppress(Exception):
-                        await other.check_ping_timeout()
+            self.beat()
+            if self.tick % STOCK_CHECK_SECONDS == 0:
+                await self._check_stock_sockets()
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+
+    def beat(self) -> None:
+        """The next slot of lean sockets: each is pinged, or closed if it did not answer
+        the previous ping (an interval ago)."""
+        slot = self.slots[self.tick % len(self.slots)]
+        self.tick += 1
+        for sock in list(slot):
+            if sock.closed or sock.closing:
+                slot.discard(sock)
+            elif sock.awaiting_pong:
+                self.spawn(sock.close(wait=False, reason=self.reason.PING_TIMEOUT))
+            else:
+                sock.awaiting_pong = True
+                sock.write(_PING_FRAME)
