@@ -304,7 +304,7 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--storm-spread", type=float, default=5.0)
     parser.add_argument("--fanout-members", type=int, default=1000)
-    parser.add_argument("--fanout-starts", type=int, default=30)
+    parser.add_argument("--fanout-starts", type=int, default=100)
     parser.add_argument(
         "--no-deflate-offer",
         dest="deflate",

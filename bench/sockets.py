@@ -67,8 +67,9 @@ def session(tenant: Tenant, user: str) -> str:
 
 
 def _percentile(values: list[float], q: float) -> float:
+    """Nearest rank: of 100 values, p99 is the second worst (of 30 it is the worst)."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else math.nan
+    return ordered[max(0, math.ceil(len(ordered) * q) - 1)] if ordered else math.nan
 
 
 async def _post(http: aiohttp.ClientSession, path: str, auth: str, body: Any) -> dict[str, Any]:

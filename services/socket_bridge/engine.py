@@ -47,6 +47,9 @@ _CLOSE_NORMAL, _CLOSE_PROTOCOL, _CLOSE_TOO_BIG, _CLOSE_RESTART = 1000, 1002, 100
 # yet): past this many unsent bytes its socket is closed rather than grow without bound.
 # Generous: one event of a 1,000-member call is ~40 KB.
 MAX_WRITE_BUFFER = 8 << 20
+# A socket's messages handled at once: past this, its frames wait unread (and TCP pushes
+# back on the client) rather than each becoming a task at once.
+MAX_HANDLING = 8
 # python-socketio's own sockets are checked for their ping timeout this often (walking
 # every socket of the process to find them).
 STOCK_CHECK_SECONDS = 5
@@ -141,6 +144,8 @@ class EngineSocket(asyncio.Protocol):
         "delegate",
         "fragments",
         "fragments_opcode",
+        "handling",
+        "paused",
         "session_data",
         "sid",
         "transport",
@@ -155,6 +160,8 @@ class EngineSocket(asyncio.Protocol):
         self.buffer = b""
         self.fragments: list[bytes] | None = None
         self.fragments_opcode = 0
+        self.handling = 0  # its messages being handled now
+        self.paused = False  # reading paused until fewer are
         self.awaiting_pong = False
         self.sid = ""
         self.closing = False
@@ -278,10 +285,23 @@ class EngineSocket(asyncio.Protocol):
 
     # --- frames --------------------------------------------------------------------------
 
+    def _handled(self, _: asyncio.Task[Any]) -> None:
+        self.handling -= 1
+        if self.paused and self.handling < MAX_HANDLING and not self.closed:
+            self.paused = False
+            self._frames()  # what waited in the buffer
+            if not self.paused and self.transport is not None:
+                self.transport.resume_reading()
+
     def _frames(self) -> None:
         buf = self.buffer
         at = 0
         while len(buf) - at >= 2:
+            if self.handling >= MAX_HANDLING:  # the client sends faster than it is served
+                if not self.paused and self.transport is not None:
+                    self.paused = True
+                    self.transport.pause_reading()
+                break
             first, second = buf[at], buf[at + 1]
             n, start = second & 0x7F, at + 2
             if n == 126:
@@ -361,7 +381,9 @@ class EngineSocket(asyncio.Protocol):
         else:
             pkt = eio_packet.Packet(encoded_packet=payload)
         if pkt.packet_type == eio_packet.MESSAGE:
-            self.engine.spawn(self.engine._trigger_event("message", self.sid, pkt.data))
+            self.handling += 1
+            task = self.engine.spawn(self.engine._trigger_event("message", self.sid, pkt.data))
+            task.add_done_callback(self._handled)
         elif pkt.packet_type == eio_packet.CLOSE:
             self.engine.spawn(
                 self.close(wait=False, abort=True, reason=self.engine.reason.CLIENT_DISCONNECT)
@@ -452,10 +474,11 @@ class LeanEngine(engineio.AsyncServer):
             },
         )
 
-    def spawn(self, coroutine: Any) -> None:
+    def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self.tasks.discard)
+        return task
 
     def watch(self, sock: EngineSocket) -> None:
         """Pinged first a whole interval from now (the slot just pinged)."""

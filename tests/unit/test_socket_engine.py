@@ -19,6 +19,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
 from services.socket_bridge.engine import (
+    MAX_HANDLING,
     MAX_WRITE_BUFFER,
     EngineSocket,
     LeanEngine,
@@ -35,6 +36,13 @@ class FakeTransport:
         self.closing = False
         self.aborted = False
         self.buffered = 0
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.out += data
@@ -224,6 +232,31 @@ async def test_frames_split_joined_fragmented_and_masked_become_messages() -> No
     await settle()
     messages = [data for kind, data in h.events if kind == "message"]
     assert messages == ['0{"token":"t"}', "1", '2["x"]', "a" * 70_000]
+
+
+async def test_a_flood_of_messages_is_handled_a_few_at_a_time_in_order() -> None:
+    h = Harness()
+    sock, transport = await h.open()
+    handling, most = 0, 0
+    release = asyncio.Event()
+
+    async def slow(sid: str, data: Any) -> None:
+        nonlocal handling, most
+        handling += 1
+        most = max(most, handling)
+        await release.wait()
+        h.events.append(("message", data))
+        handling -= 1
+
+    h.engine.on("message", slow)
+    sock.data_received(b"".join(client_frame(f"42[{i}]".encode()) for i in range(100)))
+    await settle()
+    assert most == MAX_HANDLING and not transport.reading  # the rest waits unread
+    release.set()
+    for _ in range(50):
+        await settle()
+    assert [d for k, d in h.events if k == "message"] == [f"2[{i}]" for i in range(100)]
+    assert most == MAX_HANDLING and transport.reading
 
 
 async def test_pings_are_answered_and_pongs_end_the_wait() -> None:
