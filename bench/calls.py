@@ -11,9 +11,11 @@ writes bench/results/<timestamp>.json:
 - stack CPU per lifecycle: CPU seconds of every stack process (PostgreSQL backends,
   Envoy, NATS, LiveKit, every service worker) over the window / lifecycles completed;
 - ring latency (POST start sent → call.invite on the callee's socket) at steady rates;
-- memory per idle Socket.IO connection (the bridge's RSS growth over N sockets);
-- then, on stacks of their own, the outbox relay (bench/relay.py) and the call log and
-  usage on a history of a million calls (bench/call_log.py, `--call-log-calls`).
+- the Socket.IO figures of bench/sockets.py: memory and idle CPU of 10,000 sockets on
+  one bridge process, fan-out to a 1,000-member room, a reconnect storm;
+- then, on stacks of their own, the outbox relay (bench/relay.py), the webhook backlog's
+  drain (bench/webhooks.py) and the call log and usage on a history of a million calls
+  (bench/call_log.py, `--call-log-calls`).
 
 `--profile` also samples the calls workers with py-spy during the lifecycle window and
 prints the functions with the most own time (the figures of such a run are not
@@ -39,7 +41,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import call_log, load, procstat, relay, webhooks
+from bench import call_log, load, procstat, relay, sockets, webhooks
 from bench.load import Pair, Timings
 from devstack.procs import ROOT
 from services.common.auth import mint_session
@@ -53,7 +55,9 @@ TARGETS = {
     "cpu_ms_per_lifecycle": 12.0,
     "lifecycles_per_s": 120.0,
     "ring_p99_ms_at_100": 25.0,
-    "idle_socket_kib": 38.0,
+    "idle_socket_kib": 20.0,  # at 10,000 sockets on one bridge process
+    "fanout_p99_ms": 250.0,  # a 1,000-member room's invite, start → last socket
+    "storm_all_back_s": 30.0,  # 10,000 sockets reconnecting within 5 s, all synced again
     "relay_events_per_s": 5000.0,
     "webhook_drain_per_s": 1000.0,
 }
@@ -206,31 +210,22 @@ class Bench:
             "first_error": t.first_error,
         }
 
-    def idle_sockets(self, tenant_id: str, n: int) -> dict[str, Any]:
-        manager = multiprocessing.get_context("spawn").Manager()
-        opened, release = manager.Event(), manager.Event()
-        tokens = [token(tenant_id, f"idle{i}") for i in range(n)]
-        time.sleep(1)
-        bridge, envoy = self.groups["bridge"], self.groups["envoy"]
-        before = procstat.rss_bytes(bridge), procstat.rss_bytes(envoy)
-        future = self.pool.submit(load.hold_idle_sockets, self.stack.rest, tokens, opened, release)
-        if not opened.wait(120):
-            raise RuntimeError(f"idle sockets did not open: {future.exception(1)}")
-        time.sleep(2)  # let allocations settle
-        after = procstat.rss_bytes(bridge), procstat.rss_bytes(envoy)
-        release.set()
-        held = future.result()
-        manager.shutdown()
-        return {
-            "sockets": held,
-            "bridge_kib_per_socket": (after[0] - before[0]) / held / 1024,
-            "envoy_kib_per_socket": (after[1] - before[1]) / held / 1024,
-        }
-
 
 def report(result: dict[str, Any]) -> None:
-    base, life = result["baseline"], result["lifecycle"]
     print(f"\nmake bench — {result['cores']} cores, {result['timestamp']}")
+    if result.get("lifecycle"):
+        report_calls(result)
+    sockets.report(result["sockets"])
+    if result.get("webhooks"):
+        webhooks.report(result["webhooks"])
+    print(
+        "  targets: "
+        + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["met"].items())
+    )
+
+
+def report_calls(result: dict[str, Any]) -> None:
+    base, life = result["baseline"], result["lifecycle"]
     print(
         f"  baseline GET settings        {base['per_s']:8.1f} req/s   p50 {base['p50_ms']:.1f} ms"
     )
@@ -249,17 +244,60 @@ def report(result: dict[str, Any]) -> None:
             f"  p95 {r['p95_ms']:6.1f}  p99 {r['p99_ms']:6.1f} ms"
             f"  ({r['rings']} rings, errors {r['errors']})"
         )
-    idle = result["idle"]
-    if idle:
-        print(
-            f"  idle socket memory           bridge {idle['bridge_kib_per_socket']:.1f} KiB,"
-            f" envoy {idle['envoy_kib_per_socket']:.1f} KiB ({idle['sockets']} sockets)"
-        )
-    webhooks.report(result["webhooks"])
-    print(
-        "  targets: "
-        + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["met"].items())
+
+
+def calls_figures(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    """Baseline, lifecycles and ring latency (and the relay, on a stack of its own)."""
+    tenant = create_tenant(stack, "bench")
+    pairs = asyncio.run(
+        make_pairs(stack.rest, tenant.api_key, tenant.tenant_id, "l", args.concurrency)
     )
+    ring_pairs = asyncio.run(make_pairs(stack.rest, tenant.api_key, tenant.tenant_id, "r", 300))
+    bench = Bench(stack, args)
+    baseline = bench.baseline(
+        [token(tenant.tenant_id, f"base{i}") for i in range(args.concurrency)]
+    )
+    lifecycle = bench.lifecycles(pairs)
+    ring = [bench.ring(ring_pairs, rate) for rate in args.rates]
+    bench.pool.shutdown()
+    return {
+        "baseline": baseline,
+        "lifecycle": lifecycle,
+        "request_ratio": 3 * lifecycle["per_s"] / baseline["per_s"] if baseline["per_s"] else None,
+        "ring": ring,
+    }
+
+
+def calls_targets(result: dict[str, Any]) -> dict[str, bool]:
+    lifecycle, relay_figures = result["lifecycle"], result["relay"]
+    ring100 = next((r for r in result["ring"] if r["rate"] == 100), None)
+    return {
+        "cpu_ms_per_lifecycle": (lifecycle["cpu_ms_per_lifecycle"] or 1e9)
+        <= TARGETS["cpu_ms_per_lifecycle"],
+        "lifecycles_per_s": lifecycle["per_s"] >= TARGETS["lifecycles_per_s"],
+        "ring_p99_at_100": ring100 is not None
+        and ring100["p99_ms"] < TARGETS["ring_p99_ms_at_100"],
+        "relay_events_per_s": relay_figures["relay_events_per_s"] >= TARGETS["relay_events_per_s"],
+        "webhook_drain_per_s": result["webhooks"]["webhook_drain_per_s"]
+        >= TARGETS["webhook_drain_per_s"],
+        **result["call_log"].get("met", {}),
+    }
+
+
+def socket_targets(figures: dict[str, Any]) -> dict[str, bool]:
+    met = {}
+    if "idle" in figures:
+        met["idle_socket"] = figures["idle"]["bridge_kib_per_socket"] <= TARGETS["idle_socket_kib"]
+    if "fanout" in figures:
+        met["fanout_p99"] = figures["fanout"]["p99_ms"] < TARGETS["fanout_p99_ms"]
+    if "storm" in figures:
+        storm = figures["storm"]
+        met["storm"] = (
+            not storm["errors"]
+            and storm["back"] == storm["sockets"]
+            and storm["all_back_s"] <= TARGETS["storm_all_back_s"]
+        )
+    return met
 
 
 def main() -> None:
@@ -270,12 +308,24 @@ def main() -> None:
     parser.add_argument("--load-processes", type=int, default=2)
     parser.add_argument("--rates", type=float, nargs="*", default=[50, 100, 200])
     parser.add_argument("--ring-seconds", type=float, default=10.0)
-    parser.add_argument("--idle-sockets", type=int, default=2000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sockets", type=int, default=10_000, help="idle sockets, storm")
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--storm-spread", type=float, default=5.0)
+    parser.add_argument("--fanout-members", type=int, default=1000)
+    parser.add_argument("--fanout-starts", type=int, default=100)
+    parser.add_argument(
+        "--no-deflate-offer",
+        dest="deflate",
+        action="store_false",
+        help="sockets do not offer permessage-deflate (browsers and socket.io-client do)",
+    )
+    parser.add_argument("--sockets-only", action="store_true", help="only the Socket.IO figures")
     parser.add_argument(
         "--call-log-calls", type=int, default=1_000_000, help="call log history (0: skip)"
     )
     args = parser.parse_args()
+    sockets.raise_fd_limit(args.sockets)
 
     workers = {"tenant": CORES, "chat": CORES, "calls": CORES}
     # One tenant drives the whole load: its fair-use limits (per process) would measure
@@ -286,60 +336,32 @@ def main() -> None:
         for kind in ("PER_SECOND", "BURST")
     }
     stack = Stack(workdir=new_workdir(), workers=workers, settings=unlimited)
-    try:
-        stack.start_all()
-        tenant = create_tenant(stack, "bench")
-        pairs = asyncio.run(
-            make_pairs(stack.rest, tenant.api_key, tenant.tenant_id, "l", args.concurrency)
-        )
-        ring_pairs = asyncio.run(make_pairs(stack.rest, tenant.api_key, tenant.tenant_id, "r", 300))
-        bench = Bench(stack, args)
-        baseline = bench.baseline(
-            [token(tenant.tenant_id, f"base{i}") for i in range(args.concurrency)]
-        )
-        lifecycle = bench.lifecycles(pairs)
-        ring = [bench.ring(ring_pairs, rate) for rate in args.rates]
-        idle = bench.idle_sockets(tenant.tenant_id, args.idle_sockets) if args.idle_sockets else {}
-        bench.pool.shutdown()
-    finally:
-        stack.stop_all()
-    relay_figures = asyncio.run(relay.measure())
-    webhook_figures = webhooks.measure()
-    log_figures = call_log.measure(args.call_log_calls) if args.call_log_calls else {}
-
-    ring100 = next((r for r in ring if r["rate"] == 100), None)
     result: dict[str, Any] = {
         "timestamp": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
         "cores": CORES,
         "workers": workers,
         "profiled": args.profile,
-        "baseline": baseline,
-        "lifecycle": lifecycle,
-        "request_ratio": 3 * lifecycle["per_s"] / baseline["per_s"] if baseline["per_s"] else None,
-        "ring": ring,
-        "idle": idle,
-        "relay": relay_figures,
-        "webhooks": webhook_figures,
-        "call_log": log_figures,
+        "load_average": os.getloadavg(),
     }
-    result["met"] = {
-        "cpu_ms_per_lifecycle": (lifecycle["cpu_ms_per_lifecycle"] or 1e9)
-        <= TARGETS["cpu_ms_per_lifecycle"],
-        "lifecycles_per_s": lifecycle["per_s"] >= TARGETS["lifecycles_per_s"],
-        "ring_p99_at_100": ring100 is not None
-        and ring100["p99_ms"] < TARGETS["ring_p99_ms_at_100"],
-        "idle_socket": bool(idle) and idle["bridge_kib_per_socket"] <= TARGETS["idle_socket_kib"],
-        "relay_events_per_s": relay_figures["relay_events_per_s"] >= TARGETS["relay_events_per_s"],
-        "webhook_drain_per_s": webhook_figures["webhook_drain_per_s"]
-        >= TARGETS["webhook_drain_per_s"],
-        **log_figures.get("met", {}),
-    }
+    try:
+        stack.start_all()
+        if not args.sockets_only:
+            result.update(calls_figures(stack, args))
+        result["sockets"] = sockets.measure(stack, args)
+    finally:
+        stack.stop_all()
+    result["met"] = socket_targets(result["sockets"])
+    if not args.sockets_only:
+        result["relay"] = asyncio.run(relay.measure())
+        result["webhooks"] = webhooks.measure()
+        result["call_log"] = call_log.measure(args.call_log_calls) if args.call_log_calls else {}
+        result["met"] = calls_targets(result) | result["met"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{result['timestamp']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     report(result)
-    if log_figures:
-        call_log.report(log_figures)
+    if result.get("call_log"):
+        call_log.report(result["call_log"])
     print(f"\nwritten: {path.relative_to(ROOT)}")
 
 

@@ -168,27 +168,3 @@ async def _ring(base_url: str, pairs: list[Pair], rate: float, seconds: float) -
 
 def run_ring(base_url: str, pairs: list[Pair], rate: float, seconds: float) -> Timings:
     return uvloop.run(_ring(base_url, pairs, rate, seconds))
-
-
-# --- idle sockets -----------------------------------------------------------------------
-
-
-async def _idle(base_url: str, tokens: list[str], opened: Any, release: Any) -> int:
-    async with _session(base_url) as http:
-        sockets = []
-        for i in range(0, len(tokens), 20):  # in batches: a connect storm is not the point
-            sockets += await asyncio.gather(
-                *(sio.connect(http, base_url, t, lambda *_: None) for t in tokens[i : i + 20])
-            )
-        opened.set()
-        await asyncio.to_thread(release.wait)
-        await asyncio.gather(*(s.close() for s in sockets))
-        return len(sockets)
-
-
-def hold_idle_sockets(base_url: str, tokens: list[str], opened: Any, release: Any) -> int:
-    """Opens one socket per token, sets `opened`, holds them until `release` is set."""
-    try:
-        return uvloop.run(_idle(base_url, tokens, opened, release))
-    except Exception as exc:  # aiohttp's errors do not pickle back to the parent
-        raise RuntimeError(repr(exc)[:500]) from None

@@ -19,7 +19,7 @@ def main() -> None:
     settings = load_settings(SERVICE_NAME="socket-bridge")
     configure_logging("socket-bridge", settings.LOG_LEVEL)
     tracing.setup(settings)
-    app, _ = create_app(settings)
+    app, bridge = create_app(settings)
     uvicorn.run(
         app,
         host=settings.HTTP_HOST,
@@ -27,7 +27,13 @@ def main() -> None:
         log_config=None,  # keep the JSON logging configured above
         access_log=False,
         lifespan="on",
-        ws="wsproto",
+        # New websocket-transport connections: the bridge's lean Engine.IO transport;
+        # any other websocket (long-polling's upgrade): uvicorn's wsproto protocol.
+        ws=bridge.sio.eio.protocol(),
+        # No permessage-deflate (browsers offer it) for the others either: a compressor
+        # per socket cost ~80 KiB of memory, and compressing every event once per
+        # recipient socket was most of a fan-out's CPU (bench/README.md, round 5).
+        ws_per_message_deflate=False,
         loop="uvloop",
         proxy_headers=True,
         timeout_graceful_shutdown=max(1, int(settings.SHUTDOWN_GRACE_SECONDS)),

@@ -29,17 +29,18 @@ import contextlib
 import logging
 import time
 from collections import Counter as Tally
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import socketio
 from google.protobuf import json_format
-from prometheus_client import Counter, Gauge, make_asgi_app
+from prometheus_client import Counter, Gauge, Histogram, make_asgi_app
 from sendsar.calls.v1 import events_pb2
 
-from services.calls.queries import live_calls
+from services.calls.queries import SyncReads
 from services.common.auth import token_expiry
-from services.common.db import create_engine
+from services.common.db import connect_listener, create_engine
 from services.common.errors import ServiceError
 from services.common.interceptors import Authenticator
 from services.common.logging import log_fields
@@ -47,6 +48,7 @@ from services.common.rate_limit import TokenBuckets
 from services.common.settings import Settings
 from services.events.consumer import EventConsumer, event_span
 from services.socket_bridge.connections import GuardedServer
+from services.socket_bridge.rooms import IndexedRooms
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,12 @@ REFUSED = Counter(
 CLOSED = Counter(
     "socket_bridge_connections_closed_total", "Sockets closed by the bridge", ["reason"]
 )  # TOKEN_EXPIRED | SYNC_FAILED | SESSION_REVOKED
+SYNCS = Counter("socket_bridge_syncs_total", "call.sync events sent")
+SYNC_READ_USERS = Histogram(
+    "socket_bridge_sync_read_users",
+    "Users per call.sync read (reads gathered under load)",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
 
 # How often open sockets' sessions are checked against revoked API keys (a read only
 # when a revocation may have happened: a NOTIFY, or no LISTEN connection).
@@ -105,15 +113,13 @@ def _release(tally: Tally[Any], key: Any) -> None:
         del tally[key]
 
 
-@dataclass
+@dataclass(slots=True)
 class Socket:
     tenant_id: str
     user_id: str
-    expires_at: float  # the session token's exp (epoch seconds)
     api_key_id: str | None  # the API key that minted the session (None: minted before)
-    # Events for this socket held back until its call.sync is out (None once it is).
-    held: list[tuple[str, dict[str, Any]]] | None = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
+    # Closes the socket when its session token expires (a timer, not a task per socket).
+    expiry: asyncio.TimerHandle | None = None
 
     @property
     def room(self) -> str:
@@ -126,6 +132,8 @@ class Bridge:
         # Socket.IO's own loggers would print every packet (tokens, payloads): off.
         origins = settings.cors_origins
         self.sio = GuardedServer(
+            socketio_path=SOCKETIO_PATH,
+            client_manager=IndexedRooms(),
             connect_timeout=settings.SOCKETIO_CONNECT_TIMEOUT_SECONDS,
             connects_per_connection=settings.SOCKETIO_CONNECTS_PER_CONNECTION,
             async_mode="asgi",
@@ -137,20 +145,27 @@ class Bridge:
         self.sio.on("disconnect", self.on_disconnect)
         self.consumer = EventConsumer(settings, "socket-bridge", self.emit_events)
         self.engine = create_engine(settings, pool_size=min(settings.DB_POOL_SIZE, 5))
-        self.authenticator = Authenticator(self.engine, settings.SESSION_SIGNING_KEY)
+        # LISTENing for revocations: verified keys are then cached (a reconnect storm reads
+        # each tenant's key once, not once per socket) and open sockets are checked after
+        # a revocation rather than every second.
+        self.authenticator = Authenticator(
+            self.engine, settings.SESSION_SIGNING_KEY, partial(connect_listener, settings)
+        )
+        self.sync_reads = SyncReads(self.engine, on_read=SYNC_READ_USERS.observe)
         # Every CONNECT runs the call.sync read: a user's CONNECTs are rate limited.
         self.connect_budget = TokenBuckets(
             settings.SOCKETIO_CONNECTS_PER_USER_PER_SECOND,
             settings.SOCKETIO_CONNECTS_PER_USER_BURST,
         )
         self.sockets: dict[str, Socket] = {}
-        # The sockets whose call.sync is not out yet: an event is checked against these
-        # few, not against every socket of the process.
-        self.syncing: set[str] = set()
+        # The sockets whose call.sync is not out yet, each with the events held back for
+        # it meanwhile: an event is checked against these few, not against every socket.
+        self.syncing: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self.per_user: Tally[tuple[str, str]] = Tally()
         self.per_tenant: Tally[str] = Tally()
         self.per_key: Tally[str] = Tally()  # the API keys that minted the open sockets' sessions
         self._tasks: list[asyncio.Task[None]] = []
+        self._short: set[asyncio.Task[None]] = set()  # syncs and closes under way
 
     # --- connections ---------------------------------------------------------------------
 
@@ -175,24 +190,26 @@ class Bridge:
             )
         if self.per_tenant[tenant_id] >= self.settings.SOCKETS_MAX_PER_TENANT:
             raise refusal("TOO_MANY_SOCKETS", "the tenant's socket limit is reached")
-        # Verified above: exp is there and valid.
-        expires_at = token_expiry(token)
-        sock = Socket(tenant_id, user_id, expires_at, principal.api_key_id)
+        sock = Socket(tenant_id, user_id, principal.api_key_id)
         self.sockets[sid] = sock
-        self.syncing.add(sid)
+        self.syncing[sid] = []
         self.per_user[(tenant_id, user_id)] += 1
         self.per_tenant[tenant_id] += 1
         if sock.api_key_id is not None:
             self.per_key[sock.api_key_id] += 1
         CONNECTIONS.inc()
         await self.sio.enter_room(sid, sock.room)
+        # Verified above: exp is there and valid.
+        sock.expiry = asyncio.get_running_loop().call_later(
+            max(0.0, token_expiry(token) - time.time()), self._expire, sid
+        )
         # After this handler returns, Socket.IO sends the CONNECT; the task then syncs.
-        sock.task = asyncio.create_task(self._attend(sid, sock), name=f"socket-{sid}")
+        self._spawn(self._sync(sid, sock))
         log.debug("socket connected", extra=log_fields(tenantId=tenant_id))
 
     async def on_disconnect(self, sid: str, *reason: Any) -> None:
         sock = self.sockets.pop(sid, None)
-        self.syncing.discard(sid)
+        self.syncing.pop(sid, None)
         if sock is None:
             return
         CONNECTIONS.dec()
@@ -200,38 +217,44 @@ class Bridge:
         _release(self.per_tenant, sock.tenant_id)
         if sock.api_key_id is not None:
             _release(self.per_key, sock.api_key_id)
-        if sock.task is not None and sock.task is not asyncio.current_task():
-            sock.task.cancel()
+        if sock.expiry is not None:
+            sock.expiry.cancel()
 
-    async def _attend(self, sid: str, sock: Socket) -> None:
-        """The socket's life after its CONNECT: call.sync first, then closing at expiry."""
-        try:
-            await self._sync(sid, sock)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # database away: the client reconnects and syncs later
-            log.warning("call.sync failed", extra=log_fields(error=type(exc).__name__))
-            await self._close(sid, "SYNC_FAILED", "the call state is unavailable; reconnect")
-            return
-        await asyncio.sleep(max(0.0, sock.expires_at - time.time()))
-        await self._close(
-            sid, "TOKEN_EXPIRED", "the session token expired; reconnect with a fresh one"
-        )
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._short.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._short.discard)
+
+    def _expire(self, sid: str) -> None:
+        if sid in self.sockets:
+            self._spawn(
+                self._close(
+                    sid, "TOKEN_EXPIRED", "the session token expired; reconnect with a fresh one"
+                )
+            )
 
     async def _sync(self, sid: str, sock: Socket) -> None:
-        calls = await live_calls(self.engine, tenant_id=sock.tenant_id, user_id=sock.user_id)
-        while not self.sio.manager.is_connected(sid, "/"):  # the CONNECT is on its way
+        """The socket's call.sync, first after its CONNECT, then the events held back."""
+        try:
+            calls = await self.sync_reads.live_calls(sock.tenant_id, sock.user_id)
+            while not self.sio.manager.is_connected(sid, "/"):  # the CONNECT is on its way
+                if sid not in self.sockets:
+                    return
+                await asyncio.sleep(0.01)
+            await self.sio.emit(SYNC_EVENT, {"calls": calls}, to=sid)
+            SYNCS.inc()
+            # Events that came meanwhile, in order; new ones join the queue until it is
+            # empty.
+            held = self.syncing.get(sid, [])
+            while held:
+                event_type, data = held.pop(0)
+                await self.sio.emit(event_type, data, to=sid)
+            self.syncing.pop(sid, None)
+        except Exception as exc:  # database away: the client reconnects and syncs later
             if sid not in self.sockets:
                 return
-            await asyncio.sleep(0.01)
-        await self.sio.emit(SYNC_EVENT, {"calls": calls}, to=sid)
-        # Events that came meanwhile, in order; new ones join the queue until it is empty.
-        held = sock.held
-        while held:
-            event_type, data = held.pop(0)
-            await self.sio.emit(event_type, data, to=sid)
-        sock.held = None
-        self.syncing.discard(sid)
+            log.warning("call.sync failed", extra=log_fields(error=type(exc).__name__))
+            await self._close(sid, "SYNC_FAILED", "the call state is unavailable; reconnect")
 
     async def close_revoked(self) -> None:
         """Runs for the process's life: sockets whose session's API key was revoked close."""
@@ -247,6 +270,8 @@ class Bridge:
                 log.warning("revocation check failed", extra=log_fields(error=type(exc).__name__))
                 continue
             seen = epoch
+            if not revoked:
+                continue
             for sid, sock in list(self.sockets.items()):
                 if sock.api_key_id in revoked:
                     await self._close(
@@ -285,12 +310,10 @@ class Bridge:
             return
         rooms = {user_room(event.tenant_id, u) for u in event.recipient_user_ids}
         data = event_json(event)
-        syncing = [sid for sid in self.syncing if self.sockets[sid].room in rooms]
+        syncing = [sid for sid, held in self.syncing.items() if self.sockets[sid].room in rooms]
         for sid in syncing:
-            held = self.sockets[sid].held
-            assert held is not None
-            held.append((event.type, data))
-        await self.sio.emit(event.type, data, to=list(rooms), skip_sid=syncing or None)
+            self.syncing[sid].append((event.type, data))
+        await self.sio.broadcast(event.type, data, rooms, skip=syncing)
         EMITTED.labels(event.type).inc()
         log.debug(
             "event emitted",
@@ -305,6 +328,7 @@ class Bridge:
         self._tasks = [
             asyncio.create_task(self.consumer.run(), name="consumer"),
             asyncio.create_task(self.sio.close_idle(), name="close-idle"),
+            asyncio.create_task(self.sio.eio.heartbeat(), name="heartbeat"),
             asyncio.create_task(self.close_revoked(), name="close-revoked"),
         ]
 

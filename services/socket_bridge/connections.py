@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import Counter as Tally
+from collections.abc import Collection
 from typing import Any
 
 import socketio
+from engineio import packet as eio_packet
 from prometheus_client import Counter
+from socketio import packet as sio_packet
+
+from services.socket_bridge.engine import EngineSocket, LeanEngine, packet_frame
 
 NAMESPACE = "/"
 
@@ -30,13 +36,49 @@ CLOSED = Counter(
 
 
 class GuardedServer(socketio.AsyncServer):
-    def __init__(self, *, connect_timeout: float, connects_per_connection: int, **kw: Any) -> None:
+    eio: LeanEngine
+
+    def __init__(
+        self,
+        *,
+        socketio_path: str,
+        connect_timeout: float,
+        connects_per_connection: int,
+        **kw: Any,
+    ) -> None:
+        self.socketio_path = socketio_path  # before python-socketio builds its engine
         super().__init__(**kw)
         self.connect_timeout = connect_timeout
         self.connects_per_connection = connects_per_connection
         # Engine.IO connections without a connected socket: since when (monotonic).
         self.idle_since: dict[str, float] = {}
         self.connects: Tally[str] = Tally()
+
+    def _engineio_server_class(self) -> Any:
+        return functools.partial(LeanEngine, socketio_path=self.socketio_path)
+
+    async def broadcast(
+        self, event: str, data: Any, rooms: Collection[str], skip: Collection[str] = ()
+    ) -> None:
+        """`emit(event, data, to=rooms, skip_sid=skip)` for JSON data, without python-
+        socketio's task per recipient: the packet is encoded and framed once and written
+        to each lean socket as it is found (python-socketio's own sockets get it the usual
+        way). Encoded here, not by a socketio Packet, which walks the whole payload looking
+        for binary attachments (a 1,000-member call's event is ~40 KB of JSON)."""
+        text = self.packet_class.json.dumps([event, data], separators=(",", ":"))
+        message = eio_packet.Packet(eio_packet.MESSAGE, f"{sio_packet.EVENT}{text}")
+        others = []
+        for sid, eio_sid in self.manager.get_participants(NAMESPACE, list(rooms)):
+            if sid in skip:
+                continue
+            sock = self.eio.sockets.get(eio_sid)
+            if isinstance(sock, EngineSocket):
+                if not sock.closed:
+                    sock.write(packet_frame(message))
+            else:
+                others.append(eio_sid)
+        if others:
+            await asyncio.gather(*(self._send_eio_packet(e, message) for e in others))
 
     def connected(self, eio_sid: str) -> bool:
         sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
@@ -51,9 +93,12 @@ class GuardedServer(socketio.AsyncServer):
         if self.connects[eio_sid] > self.connects_per_connection:
             await self._close(eio_sid, "TOO_MANY_CONNECTS")
             return
+        # Not idle while its CONNECT is answered: under a reconnect storm the answer
+        # (authentication, the sync read) may take longer than the timeout.
+        since = self.idle_since.pop(eio_sid, None)
         await super()._handle_connect(eio_sid, namespace, data)
-        if self.connected(eio_sid):
-            self.idle_since.pop(eio_sid, None)
+        if not self.connected(eio_sid) and eio_sid in self.connects:
+            self.idle_since.setdefault(eio_sid, since or time.monotonic())
 
     async def _handle_disconnect(
         self, eio_sid: str, namespace: str | None, reason: Any = None
@@ -96,7 +141,8 @@ class GuardedServer(socketio.AsyncServer):
         engine_socket = self.eio.sockets.get(eio_sid)
         with contextlib.suppress(Exception):  # already closing
             await self.eio.disconnect(eio_sid)
-        if engine_socket is not None:
-            # Engine.IO's close only sends the close packet and leaves the websocket to
-            # the client (until the ping timeout, 45 s); ending its writer closes it now.
+        if engine_socket is not None and not isinstance(engine_socket, EngineSocket):
+            # python-socketio's own transport only sends the close packet and leaves the
+            # websocket to the client (until the ping timeout, 45 s); ending its writer
+            # closes it now. (An EngineSocket closes its websocket itself.)
             await engine_socket.queue.put(None)
