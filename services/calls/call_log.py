@@ -196,7 +196,7 @@ class CallLogService(pb_grpc.CallLogServiceServicer):
     async def ListCalls(self, request: pb.ListCallsRequest, context: Any) -> pb.ListCallsResponse:
         tenant = current_principal().tenant_id
         filters = Filters.of(request)
-        size = page_size(request.page_size)
+        size = page_size(request)
         canonical = filters.canonical()
         after = (
             self.tokens.read(tenant, canonical, request.page_token) if request.page_token else None

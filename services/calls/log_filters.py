@@ -69,7 +69,8 @@ class Filters:
         )
         filters = cls(
             room_id=validation.resource_id(room, "roomId") if room is not None else None,
-            user_id=validation.user_id(user, "userId") if user is not None else None,
+            # A guest ("guest:<guestId>") is a participant too.
+            user_id=validation.participant_id(user, "userId") if user is not None else None,
             status=validation.one_of(status, "status", STATUSES) if status is not None else None,
             end_reason=(
                 validation.one_of(reason, "endReason", END_REASONS) if reason is not None else None
@@ -95,8 +96,10 @@ class Filters:
         )
 
 
-def page_size(value: int) -> int:
-    return validation.int_range(value or PAGE_SIZE_DEFAULT, "pageSize", 1, PAGE_SIZE_MAX)
+def page_size(request: pb.ListCallsRequest) -> int:
+    if not request.HasField("page_size"):
+        return PAGE_SIZE_DEFAULT
+    return validation.int_range(request.page_size, "pageSize", 1, PAGE_SIZE_MAX)
 
 
 @dataclass(frozen=True)

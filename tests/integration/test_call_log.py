@@ -383,6 +383,7 @@ def test_listing_and_usage_need_the_api_key(tenant: Tenant, users: Users) -> Non
     ("params", "field"),
     [
         ({"pageSize": 101}, "pageSize"),
+        ({"pageSize": 0}, "pageSize"),
         ({"pageSize": -1}, "pageSize"),
         ({"status": "over"}, "status"),
         ({"endReason": "bored"}, "endReason"),

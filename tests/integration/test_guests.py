@@ -304,6 +304,10 @@ def test_a_guest_token_does_nothing_but_its_own_calls_few_things(tenant: Tenant)
             assert reply.status_code in (401, 403, 404), (reply.request.url, reply.text)
         assert ok(g.get(f"/v1/calls/{call}"))["call"]["id"] == call  # its own call
         ok(post(g, f"{base}/accept"))  # what it may do still works
+    # The tenant's call log finds the guest's calls by its participant id.
+    with tenant.api() as api:
+        listed = ok(api.get("/v1/calls", params={"userId": f"guest:{gid}"}))["calls"]
+    assert [c["id"] for c in listed] == [call]
 
 
 async def test_a_guest_socket_hears_its_call_only(

@@ -124,11 +124,17 @@ def test_bad_list_filters(request_: pb.ListCallsRequest, field: str) -> None:
     assert _field(caught) == field
 
 
-def test_page_size_defaults_to_50_and_caps_at_100() -> None:
-    assert (page_size(0), page_size(1), page_size(100)) == (50, 1, 100)
-    for bad in (-1, 101):
+def test_page_size_defaults_to_50_and_is_1_to_100() -> None:
+    sized = [page_size(pb.ListCallsRequest(page_size=n)) for n in (1, 100)]
+    assert (page_size(pb.ListCallsRequest()), *sized) == (50, 1, 100)
+    for bad in (0, -1, 101):
         with pytest.raises(ServiceError):
-            page_size(bad)
+            page_size(pb.ListCallsRequest(page_size=bad))
+
+
+def test_a_guest_is_a_participant_to_filter_by() -> None:
+    request = pb.ListCallsRequest(user_id="guest:gst_0123456789abcdef0123456789abcdef")
+    assert Filters.of(request).user_id == "guest:gst_0123456789abcdef0123456789abcdef"
 
 
 def test_a_usage_window_is_at_most_366_days() -> None:

@@ -27,7 +27,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from sendsar.calls.v1 import calls_pb2 as sendsar_dot_calls_dot_v1_dot_calls__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsendsar/calls/v1/call_log.proto\x12\x10sendsar.calls.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1csendsar/calls/v1/calls.proto\"\xcb\x02\n\x10ListCallsRequest\x12\x1a\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1a\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x19\n\x06status\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\x1d\n\nend_reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01H\x03\x88\x01\x01\x12#\n\nstart_time\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01H\x04R\x04\x66rom\x88\x01\x01\x12\x1f\n\x08\x65nd_time\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01H\x05R\x02to\x88\x01\x01\x12\x17\n\tpage_size\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x42\n\n\x08_room_idB\n\n\x08_user_idB\t\n\x07_statusB\r\n\x0b_end_reasonB\r\n\x0b_start_timeB\x0b\n\t_end_time\"S\n\x11ListCallsResponse\x12%\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x0eGetCallRequest\x12\x15\n\x07\x63\x61ll_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x0fGetCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\"M\n\x0fGetUsageRequest\x12\x1e\n\nstart_time\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x04\x66rom\x12\x1a\n\x08\x65nd_time\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x02to\"7\n\tCallUsage\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x05\x12\x1b\n\x13participant_minutes\x18\x02 \x01(\x01\"e\n\x0bUsageByType\x12*\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1b.sendsar.calls.v1.CallUsage\x12*\n\x05video\x18\x02 \x01(\x0b\x32\x1b.sendsar.calls.v1.CallUsage\"D\n\x08UsageDay\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x05\x12\x1b\n\x13participant_minutes\x18\x03 \x01(\x01\"\xb0\x01\n\x10GetUsageResponse\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x05\x12\x16\n\x0e\x61nswered_calls\x18\x02 \x01(\x05\x12\x1b\n\x13participant_minutes\x18\x03 \x01(\x01\x12.\n\x07\x62y_type\x18\x04 \x01(\x0b\x32\x1d.sendsar.calls.v1.UsageByType\x12(\n\x04\x64\x61ys\x18\x05 \x03(\x0b\x32\x1a.sendsar.calls.v1.UsageDay2\xcc\x02\n\x0e\x43\x61llLogService\x12g\n\tListCalls\x12\".sendsar.calls.v1.ListCallsRequest\x1a#.sendsar.calls.v1.ListCallsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/calls\x12k\n\x07GetCall\x12 .sendsar.calls.v1.GetCallRequest\x1a!.sendsar.calls.v1.GetCallResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/calls/{call_id}\x12\x64\n\x08GetUsage\x12!.sendsar.calls.v1.GetUsageRequest\x1a\".sendsar.calls.v1.GetUsageResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/usageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsendsar/calls/v1/call_log.proto\x12\x10sendsar.calls.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1csendsar/calls/v1/calls.proto\"\xde\x02\n\x10ListCallsRequest\x12\x1a\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1a\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x19\n\x06status\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\x1d\n\nend_reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01H\x03\x88\x01\x01\x12#\n\nstart_time\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01H\x04R\x04\x66rom\x88\x01\x01\x12\x1f\n\x08\x65nd_time\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01H\x05R\x02to\x88\x01\x01\x12\x1c\n\tpage_size\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x06\x88\x01\x01\x12\x18\n\npage_token\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x42\n\n\x08_room_idB\n\n\x08_user_idB\t\n\x07_statusB\r\n\x0b_end_reasonB\r\n\x0b_start_timeB\x0b\n\t_end_timeB\x0c\n\n_page_size\"S\n\x11ListCallsResponse\x12%\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x16.sendsar.calls.v1.Call\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x0eGetCallRequest\x12\x15\n\x07\x63\x61ll_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x0fGetCallResponse\x12$\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x16.sendsar.calls.v1.Call\"M\n\x0fGetUsageRequest\x12\x1e\n\nstart_time\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x04\x66rom\x12\x1a\n\x08\x65nd_time\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\x02to\"7\n\tCallUsage\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x05\x12\x1b\n\x13participant_minutes\x18\x02 \x01(\x01\"e\n\x0bUsageByType\x12*\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1b.sendsar.calls.v1.CallUsage\x12*\n\x05video\x18\x02 \x01(\x0b\x32\x1b.sendsar.calls.v1.CallUsage\"D\n\x08UsageDay\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x05\x12\x1b\n\x13participant_minutes\x18\x03 \x01(\x01\"\xb0\x01\n\x10GetUsageResponse\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x05\x12\x16\n\x0e\x61nswered_calls\x18\x02 \x01(\x05\x12\x1b\n\x13participant_minutes\x18\x03 \x01(\x01\x12.\n\x07\x62y_type\x18\x04 \x01(\x0b\x32\x1d.sendsar.calls.v1.UsageByType\x12(\n\x04\x64\x61ys\x18\x05 \x03(\x0b\x32\x1a.sendsar.calls.v1.UsageDay2\xcc\x02\n\x0e\x43\x61llLogService\x12g\n\tListCalls\x12\".sendsar.calls.v1.ListCallsRequest\x1a#.sendsar.calls.v1.ListCallsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/calls\x12k\n\x07GetCall\x12 .sendsar.calls.v1.GetCallRequest\x1a!.sendsar.calls.v1.GetCallResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/calls/{call_id}\x12\x64\n\x08GetUsage\x12!.sendsar.calls.v1.GetUsageRequest\x1a\".sendsar.calls.v1.GetUsageResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/usageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,23 +63,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLLOGSERVICE'].methods_by_name['GetUsage']._loaded_options = None
   _globals['_CALLLOGSERVICE'].methods_by_name['GetUsage']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/usage'
   _globals['_LISTCALLSREQUEST']._serialized_start=147
-  _globals['_LISTCALLSREQUEST']._serialized_end=478
-  _globals['_LISTCALLSRESPONSE']._serialized_start=480
-  _globals['_LISTCALLSRESPONSE']._serialized_end=563
-  _globals['_GETCALLREQUEST']._serialized_start=565
-  _globals['_GETCALLREQUEST']._serialized_end=604
-  _globals['_GETCALLRESPONSE']._serialized_start=606
-  _globals['_GETCALLRESPONSE']._serialized_end=661
-  _globals['_GETUSAGEREQUEST']._serialized_start=663
-  _globals['_GETUSAGEREQUEST']._serialized_end=740
-  _globals['_CALLUSAGE']._serialized_start=742
-  _globals['_CALLUSAGE']._serialized_end=797
-  _globals['_USAGEBYTYPE']._serialized_start=799
-  _globals['_USAGEBYTYPE']._serialized_end=900
-  _globals['_USAGEDAY']._serialized_start=902
-  _globals['_USAGEDAY']._serialized_end=970
-  _globals['_GETUSAGERESPONSE']._serialized_start=973
-  _globals['_GETUSAGERESPONSE']._serialized_end=1149
-  _globals['_CALLLOGSERVICE']._serialized_start=1152
-  _globals['_CALLLOGSERVICE']._serialized_end=1484
+  _globals['_LISTCALLSREQUEST']._serialized_end=497
+  _globals['_LISTCALLSRESPONSE']._serialized_start=499
+  _globals['_LISTCALLSRESPONSE']._serialized_end=582
+  _globals['_GETCALLREQUEST']._serialized_start=584
+  _globals['_GETCALLREQUEST']._serialized_end=623
+  _globals['_GETCALLRESPONSE']._serialized_start=625
+  _globals['_GETCALLRESPONSE']._serialized_end=680
+  _globals['_GETUSAGEREQUEST']._serialized_start=682
+  _globals['_GETUSAGEREQUEST']._serialized_end=759
+  _globals['_CALLUSAGE']._serialized_start=761
+  _globals['_CALLUSAGE']._serialized_end=816
+  _globals['_USAGEBYTYPE']._serialized_start=818
+  _globals['_USAGEBYTYPE']._serialized_end=919
+  _globals['_USAGEDAY']._serialized_start=921
+  _globals['_USAGEDAY']._serialized_end=989
+  _globals['_GETUSAGERESPONSE']._serialized_start=992
+  _globals['_GETUSAGERESPONSE']._serialized_end=1168
+  _globals['_CALLLOGSERVICE']._serialized_start=1171
+  _globals['_CALLLOGSERVICE']._serialized_end=1503
 # @@protoc_insertion_point(module_scope)
