@@ -21,6 +21,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from sendsar.calls.v1 import events_pb2
 
 from devstack.procs import free_ports
+from services.calls.log_filters import rfc3339
 from services.events import types
 from tests.conftest import Tenant
 from tests.integration.realtime import Device
@@ -182,6 +183,7 @@ class Hooks:
 
     url: str = ""
     events: list[dict[str, Any]] = field(default_factory=list)
+    arrived: dict[str, float] = field(default_factory=dict)  # event id -> first arrival (epoch s)
     _runner: web.AppRunner | None = None
 
     async def start(self) -> Hooks:
@@ -196,8 +198,20 @@ class Hooks:
         return self
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self.events.append(json.loads(await request.read()))
+        event = json.loads(await request.read())
+        self.events.append(event)
+        self.arrived.setdefault(str(event["id"]), time.time())
         return web.Response(text="ok")
+
+    def delays(self, since: float, until: float) -> list[float]:
+        """Seconds from each event's occurredAt to its webhook's arrival, for the events
+        that occurred between `since` and `until` (epoch seconds), sorted."""
+        occurred = {
+            str(e["id"]): rfc3339(e["occurredAt"], "occurredAt").timestamp() for e in self.events
+        }
+        return sorted(
+            self.arrived[event_id] - at for event_id, at in occurred.items() if since <= at <= until
+        )
 
     def ids(self) -> set[str]:
         return {str(e["id"]) for e in self.events}
