@@ -23,7 +23,8 @@ export interface CallEvent {
    * "call.invite", "call.accepted", "call.declined", "call.ended",
    * "call.missed", "call.participant_joined", "call.participant_left",
    * "call.ring_stopped", "call.knock" (a guest waits in the lobby; to the
-   * joined participants), "call.admitted" and "call.denied" (to the guest)
+   * joined participants), "call.admitted" and "call.denied" (to the guest and the
+   * joined participants)
    * (and "call.started" for webhooks).
    */
   type: string;
