@@ -290,6 +290,21 @@ def test_a_guest_token_does_nothing_but_its_own_calls_few_things(tenant: Tenant)
             post(g, "/v1/sessions", userId="mallory"),
             g.get("/v1/tenant/webhook"),
             post(g, "/v1/guests", name="again"),  # a guest session is not a link
+            post(g, f"{base}/participants/{gid}/deny"),
+            g.delete(f"{base}/links/lnk_{'0' * 32}"),
+            post(g, f"/chat/rooms/{other_room}/calls/{other}/leave"),  # another call
+            g.patch("/v1/tenant/settings", json={"calls": {"lobby": "off"}}),
+            g.put("/v1/tenant/webhook", json={"url": "https://example.com/hooks"}),
+            g.delete("/v1/tenant/webhook"),
+            post(g, "/v1/tenant/api-keys"),
+            g.get("/v1/tenant/api-keys"),
+            g.delete(f"/v1/tenant/api-keys/key_{'0' * 32}"),
+            post(g, f"/chat/rooms/{room}/members", userId="mallory"),
+            g.delete(f"/chat/rooms/{room}/members/alice"),
+            g.get("/v1/events"),
+            g.get("/v1/webhook/deliveries"),
+            post(g, f"/v1/webhook/deliveries/whd_{'0' * 32}/retry"),
+            post(g, "/v1/webhook/replay", **{"from": "2026-01-01T00:00:00Z"}),
         ]
         for reply in attempts:
             assert reply.status_code in (401, 403), (reply.request.url, reply.text)
