@@ -150,6 +150,30 @@ async def test_ringing_statement_counts(calls: CallTransitions, tenant: Tenant) 
     assert max(counts) <= MAX_STATEMENTS, counts
 
 
+async def test_guest_statement_counts(calls: CallTransitions, tenant: Tenant) -> None:
+    """A knock (the link's use, the call's lock, the write), then admit and deny."""
+    tenant.patch_settings(guestsEnabled=True, lobby="host")
+    room = tenant.room("alice", "bob", "carol")
+    started = await start(calls, tenant, room, "alice")
+    ref = CallRef(tenant.tenant_id, room, started.call.id)
+    await accept(calls, tenant, room, started.call.id, "bob")
+    alice = domain.Actor("alice")
+    _, token = await calls.make_link(ref, alice, ttl=600, max_uses=5)
+    (knocked, first, _), n_knock = await counted(calls.knock(token, "Gail"))
+    assert knocked.call.participant(first).state == "waiting"
+    (_, second, _) = await calls.knock(token, "Hal")
+    admitted, n_admit = await counted(
+        calls.on_call(ref, "alice", lambda c, p, _: domain.admit(c, alice, first, p))
+    )
+    assert admitted.call.participant(first).state == "invited"
+    denied, n_deny = await counted(
+        calls.on_call(ref, "alice", lambda c, _, __: domain.deny(c, alice, second))
+    )
+    assert denied.call.participant(second).state == "removed"
+    counts = (n_knock, n_admit, n_deny)
+    assert max(counts) <= MAX_STATEMENTS, counts
+
+
 async def test_the_busy_check_waits_for_a_user_joining_elsewhere(
     calls: CallTransitions, tenant: Tenant, stack: Stack
 ) -> None:
