@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from devstack import postgres
@@ -194,15 +195,17 @@ class DevStack:
         return found
 
     def ports_in_use(self) -> list[int]:
-        taken = []
-        for port in self.ports.values():
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    taken.append(port)
-        return taken
+        """The stack's ports something still listens on. Listeners only: another process
+        of the machine may be given one of these numbers as a client's own port once the
+        stack let it go, which says nothing about the stack."""
+        ours = set(self.ports.values())
+        return sorted(
+            {
+                c.laddr.port
+                for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ours
+            }
+        )
 
     def assert_nothing_left(self, run: Run) -> None:
         assert self.processes() == [], run.output()[-6000:]
