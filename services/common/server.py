@@ -16,7 +16,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-from sendsar.calls.v1 import calls_pb2
+from sendsar.calls.v1 import call_log_pb2, calls_pb2
 from sendsar.chat.v1 import chat_pb2
 from sendsar.tenant.v1 import tenant_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,10 +32,10 @@ log = logging.getLogger("sendsar.server")
 
 # The public API (proto/), offered by server reflection from every process serving part of
 # it: Envoy routes reflection to one backend (it cannot merge answers), which must then
-# describe all three services.
+# describe every service.
 API_SERVICES = tuple(
     service.full_name
-    for module in (tenant_pb2, chat_pb2, calls_pb2)
+    for module in (tenant_pb2, chat_pb2, calls_pb2, call_log_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 )
 

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from grpc_status import rpc_status
-from sendsar.calls.v1 import calls_pb2, calls_pb2_grpc
+from sendsar.calls.v1 import call_log_pb2, call_log_pb2_grpc, calls_pb2, calls_pb2_grpc
 from sendsar.chat.v1 import chat_pb2, chat_pb2_grpc
 from sendsar.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
@@ -102,6 +102,10 @@ def test_every_service_answers_grpc_through_envoy(tenant: Tenant) -> None:
         )
         assert ended.call.status == "ended"
         assert ended.call.end_reason == calls_pb2.Call.EndReason.hangup
+
+        log = call_log_pb2_grpc.CallLogServiceStub(channel)
+        listed = log.ListCalls(call_log_pb2.ListCallsRequest(room_id=room.id), metadata=key)
+        assert [c.id for c in listed.calls] == [started.call.id]
     # The same state REST sees.
     with tenant.user("bob") as rest_bob:
         reply = rest_bob.get(f"/chat/rooms/{room.id}/messages")
@@ -262,7 +266,10 @@ def test_server_reflection_describes_the_whole_api_through_envoy(stack: Stack) -
             "sendsar.tenant.v1.TenantService",
             "sendsar.chat.v1.ChatService",
             "sendsar.calls.v1.CallService",
+            "sendsar.calls.v1.CallLogService",
         } <= services
         found = database.FindFileContainingSymbol("sendsar.calls.v1.CallService")
         assert isinstance(found, descriptor_pb2.FileDescriptorProto)
         assert "StartCall" in {m.name for m in found.service[0].method}
+        log = database.FindFileContainingSymbol("sendsar.calls.v1.CallLogService")
+        assert "ListCalls" in {m.name for m in log.service[0].method}
