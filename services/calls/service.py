@@ -285,18 +285,23 @@ class CallService(pb_grpc.CallServiceServicer):
     async def AdmitGuest(
         self, request: pb.AdmitGuestRequest, context: Any
     ) -> pb.AdmitGuestResponse:
-        ref, actor, guest = _on_guest(request)
-        applied = await self.calls.on_call(
-            ref, actor.user_id, lambda call, policy, _: domain.admit(call, actor, guest, policy)
-        )
-        return pb.AdmitGuestResponse(call=applied.message)
+        return pb.AdmitGuestResponse(call=await self._answer_knock(request, admit=True))
 
     async def DenyGuest(self, request: pb.DenyGuestRequest, context: Any) -> pb.DenyGuestResponse:
+        return pb.DenyGuestResponse(call=await self._answer_knock(request, admit=False))
+
+    async def _answer_knock(
+        self, request: pb.AdmitGuestRequest | pb.DenyGuestRequest, *, admit: bool
+    ) -> pb.Call:
+        """A host lets a waiting guest in (`admit`) or turns them away."""
         ref, actor, guest = _on_guest(request)
-        applied = await self.calls.on_call(
-            ref, actor.user_id, lambda call, _, __: domain.deny(call, actor, guest)
-        )
-        return pb.DenyGuestResponse(call=applied.message)
+
+        def rule(call: Call, policy: CallPolicy, _: datetime) -> Change:
+            if admit:
+                return domain.admit(call, actor, guest, policy)
+            return domain.deny(call, actor, guest)
+
+        return (await self.calls.on_call(ref, actor.user_id, rule)).message
 
     async def HandleLivekitWebhook(
         self, request: Any, context: grpc.aio.ServicerContext

@@ -31,13 +31,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from types import NoneType
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from services.calls.domain import Call, CallPolicy, Participant
+from services.calls.domain import Call, CallPolicy, CallRef, Participant, RoomRef
 from services.calls.locks import USER_LOCK_CLASS
 from services.events.types import NOTIFY_CHANNEL
 
@@ -145,10 +146,17 @@ START_CONTEXT = _start_context(lock="FOR SHARE")
 # The same for a read (GET active): no row lock, which would be a write.
 READ_START_CONTEXT = _start_context(lock="")
 
-# User locks (services/calls/locks.py), in the order of the array (ascending).
-LOCK_USERS = f"""
-SELECT count(pg_advisory_xact_lock({USER_LOCK_CLASS}, k)) AS locked
-FROM unnest(%(user_locks)s::int[]) k"""
+
+def _take_user_locks(source: str = "") -> str:
+    """The one SQL that takes user locks (services/calls/locks.py): the keys in
+    `%(user_locks)s`, in the array's (ascending) order, each held until commit. `source`
+    makes them conditional on a row (WRITE: only for a call written)."""
+    return f"""SELECT count(pg_advisory_xact_lock({USER_LOCK_CLASS}, k)) AS locked
+    FROM {source}unnest(%(user_locks)s::int[]) k"""
+
+
+# User locks alone, in a statement of their own (a busy start, before BUSY).
+LOCK_USERS = _take_user_locks()
 
 # Whether a user is joined in a live call of another room. Run after LOCK_USERS, in a
 # statement of its own: it must see what the lock's previous holders committed.
@@ -164,32 +172,47 @@ MEMBERS_AMONG = """
 SELECT ARRAY(SELECT user_id FROM room_members
              WHERE room_id = %(room)s AND user_id = ANY(%(users)s::text[])) AS members"""
 
-# Everything a transition writes, in one statement. A new call (`new`) is inserted, and
-# nothing at all is written when another live call won the room first (the partial
-# unique index on calls(room_id)): `written` is then NULL. Otherwise the locked call is
-# updated. Then, for the call written: the changed participants, the outbox rows, the
-# history message (an ended call's, once), the user locks of those who became joined,
-# and the NOTIFY that names the relay lanes written (the database computes a row's lane),
-# so a relay wakes only those.
-WRITE = f"""
+# PostgreSQL's array type of each Python type a participant's columns have.
+_ARRAY_TYPES = {str: "text[]", datetime: "timestamptz[]", bool: "boolean[]"}
+
+
+def _array_type(annotation: Any) -> str:
+    """`datetime | None` -> `timestamptz[]`: the column's type, nullable or not (a
+    `Literal` of strings is text)."""
+    if get_origin(annotation) is Literal:
+        return _ARRAY_TYPES[str]
+    [python_type] = [t for t in get_args(annotation) or (annotation,) if t is not NoneType]
+    return _ARRAY_TYPES[python_type]
+
+
+_PARTICIPANT_TYPES = get_type_hints(Participant)
+
+
+def _write() -> str:
+    """WRITE, built once from the column lists of `domain.Call` and `domain.Participant`
+    (so a column added to a dataclass and its table needs no edit here): every name in it
+    is a dataclass field, a `p_<field>` array, or one of the write's own parameters."""
+    columns = ", ".join(CALL_COLUMNS)
+    values = ", ".join(f"%({column})s" for column in CALL_COLUMNS)
+    updated = ",\n        ".join(f"{column} = %({column})s" for column in MUTABLE_COLUMNS)
+    people = ", ".join(PARTICIPANT_COLUMNS)
+    arrays = ",\n                   ".join(
+        f"%(p_{column})s::{_array_type(_PARTICIPANT_TYPES[column])}"
+        for column in PARTICIPANT_COLUMNS
+    )
+    changed = ",\n        ".join(
+        f"{column} = excluded.{column}" for column in PARTICIPANT_COLUMNS if column != "user_id"
+    )
+    return f"""
 WITH ins AS (
-    INSERT INTO calls (id, tenant_id, room_id, type, mode, status, created_by, created_at,
-                       ring_timeout_seconds, livekit_room, answered_at, ended_at,
-                       end_reason, ring_deadline, media_deadline, custom, media_used,
-                       livekit_cleanup_pending)
-    SELECT %(id)s, %(tenant_id)s, %(room_id)s, %(type)s, %(mode)s, %(status)s,
-           %(created_by)s, %(created_at)s, %(ring_timeout_seconds)s, %(livekit_room)s,
-           %(answered_at)s, %(ended_at)s, %(end_reason)s, %(ring_deadline)s,
-           %(media_deadline)s, %(custom)s, %(media_used)s, %(delete_room)s
+    INSERT INTO calls ({columns}, livekit_cleanup_pending)
+    SELECT {values}, %(delete_room)s
     WHERE %(new)s
     ON CONFLICT (room_id) WHERE status IN ('ringing', 'active') DO NOTHING
     RETURNING id
 ),
 upd AS (
-    UPDATE calls SET status = %(status)s, answered_at = %(answered_at)s,
-        ended_at = %(ended_at)s, end_reason = %(end_reason)s,
-        ring_deadline = %(ring_deadline)s, media_deadline = %(media_deadline)s,
-        media_used = %(media_used)s,
+    UPDATE calls SET {updated},
         livekit_cleanup_pending = livekit_cleanup_pending OR %(delete_room)s,
         version = version + 1
     WHERE id = %(id)s AND NOT %(new)s
@@ -197,16 +220,10 @@ upd AS (
 ),
 c AS (SELECT id FROM ins UNION ALL SELECT id FROM upd),
 p AS (
-    INSERT INTO call_participants (call_id, tenant_id, call_created_at, user_id, state,
-                                   joined_at, left_at, ever_joined, ring_deadline, name)
+    INSERT INTO call_participants (call_id, tenant_id, call_created_at, {people})
     SELECT c.id, %(tenant_id)s, %(created_at)s, p.*
-    FROM c, unnest(%(p_user_id)s::text[], %(p_state)s::text[],
-                   %(p_joined_at)s::timestamptz[], %(p_left_at)s::timestamptz[],
-                   %(p_ever_joined)s::boolean[], %(p_ring_deadline)s::timestamptz[],
-                   %(p_name)s::text[]) AS p
-    ON CONFLICT (call_id, user_id) DO UPDATE SET state = excluded.state,
-        joined_at = excluded.joined_at, left_at = excluded.left_at,
-        ever_joined = excluded.ever_joined, ring_deadline = excluded.ring_deadline,
+    FROM c, unnest({arrays}) AS p
+    ON CONFLICT (call_id, user_id) DO UPDATE SET {changed},
         -- A rejoin overwrites the last join's times: keep what that join counted for
         -- usage (services/calls/usage.py), its time joined while the call was answered.
         joined_before = call_participants.joined_before + CASE
@@ -230,15 +247,22 @@ h AS (
     FROM c WHERE %(h_parts)s::jsonb IS NOT NULL
     ON CONFLICT (call_id) DO NOTHING
 ),
-u AS (
-    SELECT count(pg_advisory_xact_lock({USER_LOCK_CLASS}, k)) AS locked
-    FROM c, unnest(%(user_locks)s::int[]) k
-)
+u AS ({_take_user_locks("c, ")})
 SELECT (SELECT id FROM c) AS written,
        (SELECT locked FROM u) AS user_locks,
        (SELECT pg_notify('{NOTIFY_CHANNEL}', lanes)
         FROM (SELECT string_agg(DISTINCT lane::text, ',') AS lanes FROM o) written_lanes
         WHERE lanes IS NOT NULL) AS notified"""
+
+
+# Everything a transition writes, in one statement. A new call (`new`) is inserted, and
+# nothing at all is written when another live call won the room first (the partial
+# unique index on calls(room_id)): `written` is then NULL. Otherwise the locked call is
+# updated (its MUTABLE_COLUMNS). Then, for the call written: the changed participants,
+# the outbox rows, the history message (an ended call's, once), the user locks of those
+# who became joined, and the NOTIFY that names the relay lanes written (the database
+# computes a row's lane), so a relay wakes only those.
+WRITE = _write()
 
 
 class Due:
@@ -503,26 +527,24 @@ async def _load_with(conn: AsyncConnection[Any], sql: str, params: dict[str, str
     return Loaded(row["now"], _policy(row), call, row["room_exists"], is_member)
 
 
-async def load(
-    conn: AsyncConnection[Any], *, tenant: str, room: str, call: str, user: str, lock: bool
-) -> Loaded:
+async def load(conn: AsyncConnection[Any], ref: CallRef, user: str, *, lock: bool) -> Loaded:
     """The tenant's policy, the call (row-locked when `lock`) and its participants, and
     whether `user` is a member of the room: one statement (two after a lock wait)."""
-    params = {"tenant": tenant, "room": room, "call": call, "user": user}
+    params = {"tenant": ref.tenant, "room": ref.room, "call": ref.call, "user": user}
     return await _load_with(conn, LOCK_CALL if lock else READ_CALL, params)
 
 
-async def lock_live_call(
-    conn: AsyncConnection[Any], *, tenant: str, room: str, user: str
-) -> Loaded:
+async def lock_live_call(conn: AsyncConnection[Any], room: RoomRef, user: str) -> Loaded:
     """The room's live call, locked, with the same reads as `load`."""
-    return await _load_with(conn, LOCK_LIVE_CALL, {"tenant": tenant, "room": room, "user": user})
+    return await _load_with(
+        conn, LOCK_LIVE_CALL, {"tenant": room.tenant, "room": room.room, "user": user}
+    )
 
 
 async def start_context(
-    conn: AsyncConnection[Any], *, tenant: str, room: str, user: str, lock: bool
+    conn: AsyncConnection[Any], room: RoomRef, user: str, *, lock: bool
 ) -> StartContext:
-    params = {"tenant": tenant, "room": room, "user": user}
+    params = {"tenant": room.tenant, "room": room.room, "user": user}
     row = await _one(conn, START_CONTEXT if lock else READ_START_CONTEXT, params)
     return StartContext(
         now=row["now"],

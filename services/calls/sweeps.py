@@ -94,12 +94,18 @@ async def reconcile_media(calls: CallTransitions, media: Media, limit: int = 100
         if not await store.try_lock(conn, RECONCILE_LOCK):
             return
         now, active = await store.lock_due(conn, store.ACTIVE, limit)
-        for call in active:
-            in_room = occupied.get(call.livekit_room, 0) > 0
-            await calls.save(conn, call, domain.media_occupancy(call, in_room, grace, now), now)
+        changes = [
+            (call, domain.media_occupancy(call, occupied.get(call.livekit_room, 0) > 0, grace, now))
+            for call in active
+        ]
+        for call, change in changes:
+            await calls.save(conn, call, change, now)
         ours = [name for name in occupied if domain.is_call_room(name)]
         live = await store.live_media_rooms(conn, ours) if ours else set()
-    # After commit, like all LiveKit work; a room that survives this is listed next time.
+    # After commit, like all LiveKit work (and counted like every other change); a room
+    # that survives this is listed next time.
+    for call, change in changes:
+        calls.effects.after_commit(call, change)
     stale = domain.rooms_without_live_call(occupied, live, STALE_ROOMS_PER_PASS)
     if stale:
         await asyncio.gather(*(media.delete_room(name, "stale") for name in stale))

@@ -159,20 +159,12 @@ class CallTransitions:
 
     async def active(self, room: RoomRef, user: str) -> Applied | None:
         async with self.pool.connection() as conn:
-            ctx = await store.start_context(
-                conn, tenant=room.tenant, room=room.room, user=user, lock=False
-            )
+            ctx = await store.start_context(conn, room, user, lock=False)
             domain.require_member(ctx.room_exists, ctx.is_member)
             if ctx.live_call_id is None:
                 return None
-            loaded = await store.load(
-                conn,
-                tenant=room.tenant,
-                room=room.room,
-                call=ctx.live_call_id,
-                user=user,
-                lock=False,
-            )
+            live = CallRef(room.tenant, room.room, ctx.live_call_id)
+            loaded = await store.load(conn, live, user, lock=False)
         if loaded.call is None or not loaded.call.live:
             return None  # ended between the two reads
         return Applied(loaded.call, call_to_pb(loaded.call))
@@ -182,9 +174,7 @@ class CallTransitions:
         tenant; a guest: of this call, as the service checked), with the tenant's calls
         enabled."""
         async with self.pool.connection() as conn:
-            loaded = await store.load(
-                conn, tenant=ref.tenant, room=ref.room, call=ref.call, user=user or "", lock=False
-            )
+            loaded = await store.load(conn, ref, user or "", lock=False)
         self.policy(loaded.policy)
         domain.require_member(loaded.room_exists, _member(loaded, user))
         found = domain.require_live(loaded.call)
@@ -224,9 +214,7 @@ class CallTransitions:
         custom: dict[str, Any] | None,
     ) -> tuple[Call | None, Change, Applied] | None:
         """One attempt at a start; None: try again in a new transaction."""
-        ctx = await store.start_context(
-            conn, tenant=room.tenant, room=room.room, user=user, lock=True
-        )
+        ctx = await store.start_context(conn, room, user, lock=True)
         policy = self.policy(ctx.policy)
         domain.require_member(ctx.room_exists, ctx.is_member)
         if ctx.live_call_id is None:
@@ -261,7 +249,7 @@ class CallTransitions:
                 # Holding user locks, this transaction must not wait for a call's row
                 # lock (its holder may be waiting for one of them): start over.
                 return None
-        loaded = await store.lock_live_call(conn, tenant=room.tenant, room=room.room, user=user)
+        loaded = await store.lock_live_call(conn, room, user)
         if loaded.call is None:
             return None
         call_id_var.set(loaded.call.id)
@@ -279,9 +267,7 @@ class CallTransitions:
         the tenant; `enabled` False: even while the tenant's calls are disabled): the
         connection, the call, the tenant's policy and the time."""
         async with self.transaction() as conn:
-            loaded = await store.load(
-                conn, tenant=ref.tenant, room=ref.room, call=ref.call, user=user or "", lock=True
-            )
+            loaded = await store.load(conn, ref, user or "", lock=True)
             policy = self.policy(loaded.policy, enabled=enabled)
             domain.require_member(loaded.room_exists, _member(loaded, user))
             before = domain.require_live(loaded.call)
@@ -371,14 +357,8 @@ class CallTransitions:
             link = await store.redeem_link(conn, link=link_id, secret_hash=hash_secret(secret))
             if link is None:
                 raise LINK_INVALID
-            loaded = await store.load(
-                conn,
-                tenant=link.tenant_id,
-                room=link.room_id,
-                call=link.call_id,
-                user="",
-                lock=True,
-            )
+            ref = CallRef(link.tenant_id, link.room_id, link.call_id)
+            loaded = await store.load(conn, ref, "", lock=True)
             if loaded.call is None or not loaded.call.live:
                 raise LINK_INVALID  # a link dies with its call
             call_id_var.set(loaded.call.id)
@@ -412,7 +392,7 @@ class CallTransitions:
         """Takes `user` out of the room's live call, if any, under its row lock, in the
         caller's transaction (services/calls/membership.py); the caller runs
         `effects.after_commit` once it committed."""
-        loaded = await store.lock_live_call(conn, tenant=room.tenant, room=room.room, user=user)
+        loaded = await store.lock_live_call(conn, room, user)
         if loaded.call is None:
             return None
         change = domain.member_removed(loaded.call, user, loaded.now)

@@ -35,7 +35,6 @@ from collections import defaultdict
 from typing import Any
 
 import grpc
-import psycopg
 from prometheus_client import Counter, Gauge
 from sendsar.tenant.v1 import tenant_pb2 as pb
 from sqlalchemy import text
@@ -43,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import validation
 from services.common.auth import current_principal
-from services.common.db import connect_params
+from services.common.db import connect_listener
 from services.common.errors import ServiceError, invalid
 from services.common.logging import log_fields
 from services.common.models import OUTBOX_LANE_EXPRESSION, OUTBOX_LANES
@@ -135,9 +134,7 @@ class Wakeups:
     async def _listen(self) -> None:
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self.settings.libpq_url, autocommit=True, **connect_params(self.settings)
-                )
+                conn = await connect_listener(self.settings)
                 try:
                     await conn.execute(f"LISTEN {types.NOTIFY_CHANNEL}")
                     self.listening = True

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,12 +28,13 @@ from sendsar.calls.v1 import events_pb2
 
 from devstack import postgres
 from devstack.procs import ROOT, free_port, grpc_serving
-from services.common.db import create_engine
+from services.common.db import connect_listener, create_engine, open_pool
+from services.common.interceptors import REVOKED_CHANNEL
 from services.common.models import new_id
 from services.common.settings import load_settings
 from services.events import retention, types
 from services.events.relay import FOLLOW_SECONDS, LOCK_CLASS, OutboxRelay
-from tests.conftest import Tenant
+from tests.conftest import Tenant, create_tenant
 from tests.integration.realtime import Device, settle
 from tests.stack import Stack, new_workdir
 
@@ -563,27 +565,69 @@ async def test_the_stream_is_bounded_by_age_and_bytes(stack: Stack) -> None:
     assert info.config.max_age == defaults.NATS_STREAM_MAX_AGE_SECONDS == 7 * 24 * 3600
 
 
+SESSION_SETTINGS = (
+    "idle_in_transaction_session_timeout",
+    "lock_timeout",
+    "statement_timeout",
+    "tcp_keepalives_idle",
+    "application_name",
+)
+
+
 async def test_database_sessions_carry_keepalives_and_timeouts(stack: Stack) -> None:
+    """Every kind of connection the services open (SQLAlchemy's engine, the hot path's
+    psycopg pool, the LISTEN connections) carries the settings' timeouts and keepalives."""
     settings = load_settings(DATABASE_URL=stack.database_url, ENV="test", SERVICE_NAME="probe")
     engine = create_engine(settings, pool_size=1)
     try:
         async with engine.connect() as conn:
             shown = {
                 name: (await conn.exec_driver_sql(f"SHOW {name}")).scalar()
-                for name in (
-                    "idle_in_transaction_session_timeout",
-                    "lock_timeout",
-                    "statement_timeout",
-                    "tcp_keepalives_idle",
-                    "application_name",
-                )
+                for name in SESSION_SETTINGS
             }
     finally:
         await engine.dispose()
-    assert shown == {
+    expected = {
         "idle_in_transaction_session_timeout": "10s",
         "lock_timeout": "5s",
         "statement_timeout": "15s",
         "tcp_keepalives_idle": "10",
         "application_name": f"probe-{os.getpid()}",
     }
+    assert shown == expected
+    pool = await open_pool(settings, max_size=1)
+    try:
+        async with pool.connection() as pooled:
+            assert await _shown(pooled) == expected
+    finally:
+        await pool.close()
+    listener = await connect_listener(settings)
+    try:
+        assert await _shown(listener) == expected
+        assert listener.info.get_parameters()["keepalives"] == "1"
+    finally:
+        await listener.close()
+
+
+async def _shown(conn: psycopg.AsyncConnection[Any]) -> dict[str, str]:
+    return {
+        name: str((await (await conn.execute(f"SHOW {name}")).fetchone() or ("",))[0])
+        for name in SESSION_SETTINGS
+    }
+
+
+async def test_running_services_listen_with_their_settings(stack: Stack) -> None:
+    """The LISTEN connections of the running stack (API keys revoked, outbox lanes) are
+    opened with the services' connection settings: each names its service and process,
+    which only those settings set (a connection that skipped them would be anonymous)."""
+    tenant = create_tenant(stack, "listeners")
+    tenant.patch_settings(ringTimeoutSeconds=30)  # an API key checked: its listener starts
+    async with await psycopg.AsyncConnection.connect(stack.database_url) as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT query, application_name FROM pg_stat_activity WHERE query LIKE 'LISTEN %'"
+            )
+        ).fetchall()
+    channels = {query.split()[1] for query, _ in rows}
+    assert {REVOKED_CHANNEL, types.NOTIFY_CHANNEL} <= channels, rows
+    assert all(re.fullmatch(r"[a-z][a-z-]*-[0-9]+", name) for _, name in rows), rows
