@@ -361,15 +361,29 @@ UPDATE call_links SET revoked_at = coalesce(revoked_at, now())
 WHERE id = %(link)s AND call_id = %(call)s
 RETURNING id"""
 
-# One use of a link, if it still works: counted atomically (the row lock serializes
-# concurrent redemptions, so `uses` never passes `max_uses`), in the transaction that
-# then locks the call and adds the guest, so a knock refused later counts no use. Lock
+# One knock on a link that still works, in one statement: its rate (a token bucket of
+# `burst` knocks refilled at `rate` a second, kept in the row, so one bucket for every
+# replica) and, when the bucket holds a knock, one use, counted atomically (the row lock
+# serializes concurrent knocks, so `uses` never passes `max_uses`). In the transaction
+# that then locks the call and adds the guest, so a knock refused later counts no use.
+# No row: the link does not work; `allowed` false: over its rate (nothing spent). Lock
 # order: the link's row, then the call's (services/calls/locks.py).
 REDEEM_LINK = """
-UPDATE call_links SET uses = uses + 1
-WHERE id = %(link)s AND secret_hash = %(secret_hash)s AND revoked_at IS NULL
-  AND expires_at > now() AND uses < max_uses
-RETURNING tenant_id, room_id, call_id, expires_at"""
+WITH link AS (
+    SELECT id, least(%(burst)s::float8, coalesce(
+               knock_tokens + extract(epoch FROM now() - knocked_at)::float8 * %(rate)s,
+               %(burst)s::float8)) AS tokens
+    FROM call_links
+    WHERE id = %(link)s AND secret_hash = %(secret_hash)s AND revoked_at IS NULL
+      AND expires_at > now() AND uses < max_uses
+    FOR UPDATE
+)
+UPDATE call_links l
+SET uses = l.uses + (link.tokens >= 1)::int,
+    knock_tokens = link.tokens - (link.tokens >= 1)::int,
+    knocked_at = now()
+FROM link WHERE l.id = link.id
+RETURNING l.tenant_id, l.room_id, l.call_id, l.expires_at, link.tokens >= 1 AS allowed"""
 
 
 STATEMENTS: dict[str, str] = {
@@ -645,12 +659,14 @@ class Link:
 
 @dataclass(frozen=True)
 class Redeemed:
-    """A link's use: the call it is for and when the link expires."""
+    """A knock on a working link: the call it is for, when the link expires, and whether
+    the link's rate allowed it (then one use was counted)."""
 
     tenant_id: str
     room_id: str
     call_id: str
     expires_at: datetime
+    allowed: bool
 
 
 async def insert_link(
@@ -686,9 +702,11 @@ async def revoke_link(conn: AsyncConnection[Any], *, call_id: str, link: str) ->
 
 
 async def redeem_link(
-    conn: AsyncConnection[Any], *, link: str, secret_hash: str
+    conn: AsyncConnection[Any], *, link: str, secret_hash: str, rate: float, burst: int
 ) -> Redeemed | None:
-    rows = await _all(conn, REDEEM_LINK, {"link": link, "secret_hash": secret_hash})
+    """A knock on a link (None: the link does not work)."""
+    params = {"link": link, "secret_hash": secret_hash, "rate": rate, "burst": burst}
+    rows = await _all(conn, REDEEM_LINK, params)
     return Redeemed(**rows[0]) if rows else None
 
 

@@ -77,14 +77,15 @@ class CallTransitions:
         effects: CallEffects,
         ring_tokens: RingTokens,
         event_bytes: TokenBuckets,
-        link_knocks: TokenBuckets,
+        link_knocks: tuple[float, int],
         media_grace: timedelta = timedelta(seconds=60),
     ) -> None:
         self.pool = pool
         self.effects = effects
         self.ring_tokens = ring_tokens
         self.event_bytes = event_bytes  # per tenant (services/common/rate_limit.py)
-        self.link_knocks = link_knocks  # per link: a leaked link cannot flood a host
+        # Per link (rate, burst): a leaked link cannot flood a host (store.REDEEM_LINK).
+        self.link_knocks = link_knocks
         self.media_grace = media_grace
 
     @classmethod
@@ -99,7 +100,7 @@ class CallTransitions:
             effects,
             RingTokens(settings.SESSION_SIGNING_KEY),
             TokenBuckets(settings.EVENT_BYTES_PER_SECOND, settings.EVENT_BYTES_BURST),
-            TokenBuckets(settings.GUEST_KNOCKS_PER_SECOND, settings.GUEST_KNOCKS_BURST),
+            (settings.GUEST_KNOCKS_PER_SECOND, settings.GUEST_KNOCKS_BURST),
             timedelta(seconds=settings.CALL_MEDIA_GRACE_SECONDS),
         )
 
@@ -350,13 +351,16 @@ class CallTransitions:
         if parsed is None:
             raise LINK_INVALID
         link_id, secret = parsed
-        if not self.link_knocks.take(link_id):
-            raise rate_limited("link")
         guest = domain.guest_user_id(new_id("gst"))
+        rate, burst = self.link_knocks
         async with self.transaction() as conn:
-            link = await store.redeem_link(conn, link=link_id, secret_hash=hash_secret(secret))
+            link = await store.redeem_link(
+                conn, link=link_id, secret_hash=hash_secret(secret), rate=rate, burst=burst
+            )
             if link is None:
                 raise LINK_INVALID
+            if not link.allowed:
+                raise rate_limited("link")
             ref = CallRef(link.tenant_id, link.room_id, link.call_id)
             loaded = await store.load(conn, ref, "", lock=True)
             if loaded.call is None or not loaded.call.live:

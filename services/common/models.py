@@ -298,6 +298,10 @@ class CallLink(SQLModel, table=True):
     max_uses: int
     uses: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     revoked_at: datetime | None = _ts(nullable=True)
+    # The link's knock rate, a token bucket kept here so that every replica spends the
+    # same one: the tokens left at the last knock (NULL: a full bucket) and its time.
+    knock_tokens: float | None = None
+    knocked_at: datetime | None = _ts(nullable=True)
 
 
 class OutboxEvent(SQLModel, table=True):

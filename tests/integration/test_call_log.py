@@ -508,6 +508,36 @@ def test_usage_follows_the_stored_times_exactly(
     )
 
 
+def test_usage_counts_guests_minutes(
+    stack: Stack, tenant: Tenant, users: Users, api: httpx.Client
+) -> None:
+    """A guest's time in a call counts like a member's (Guests and the lobby)."""
+    tenant.patch_settings(guestsEnabled=True, lobby="off")
+    t = DAY + timedelta(hours=12)
+    s = lambda n: t + timedelta(seconds=n)  # noqa: E731
+    room = tenant.room("alice", "bob", "carol")
+    call_id = str(start(users("alice"), room, type="video")["call"]["id"])
+    made = users("alice").post(f"/chat/rooms/{room}/calls/{call_id}/links", json={})
+    with httpx.Client(
+        base_url=tenant.rest, headers={"Authorization": f"Bearer {ok(made)['token']}"}
+    ) as knocking:
+        guest = ok(knocking.post("/v1/guests", json={"name": "Ann"}))
+    with httpx.Client(
+        base_url=tenant.rest, headers={"Authorization": f"Bearer {guest['token']}"}
+    ) as as_guest:
+        act(as_guest, room, call_id, "accept")
+    act(users("alice"), room, call_id, "end")
+    ann = f"guest:{guest['guestId']}"
+    with database(stack) as db:
+        # alice from the answer (10 s) to the end (130 s), Ann from 70 s: 120 + 60 s
+        set_times(db, call_id, created=s(0), answered=s(10), ended=s(130),
+                  people={"alice": (s(0), s(130)), ann: (s(70), s(130))})  # fmt: skip
+    body = usage(api, DAY, DAY + timedelta(days=1))
+    assert (body["calls"], body["answeredCalls"], body["participantMinutes"]) == (1, 1, 3.0)
+    [listed_call] = listing(api, userId=ann)["calls"]
+    assert listed_call["id"] == call_id
+
+
 def test_a_live_call_counts_up_to_now(
     stack: Stack, tenant: Tenant, users: Users, api: httpx.Client
 ) -> None:

@@ -59,6 +59,8 @@ PARAMS: dict[str, Any] = {
     "created_by": "alice",
     "ttl": 60,
     "max_uses": 5,
+    "rate": 0.5,
+    "burst": 20,
     **store.write_params(_WRITE),
 }
 
