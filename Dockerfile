@@ -7,6 +7,7 @@
 # bundle, which `make image` mounts for the build only.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
+ARG SOURCE_DATE_EPOCH
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
