@@ -129,6 +129,11 @@ image-smoke: image
 server-images: $(NEEDS_BASE)
 	$(IMAGE_ENV) deploy/image/build.sh servers
 
+# Pushes the application and Envoy images to REGISTRY (`buildah login` it first) and pins
+# the prod overlay to the digests the pushes report (deploy/k8s/pin-images.sh).
+pin-images: image server-images
+	$(IMAGE_ENV) deploy/k8s/pin-images.sh $(REGISTRY)
+
 # The manifests on real Kubernetes (tests/k8s): server-side validation on the oldest
 # supported and the newest release, kwok nodes in three zones, a real node (containerd,
 # kubelet) running the dev overlay. The binaries are built from source by
@@ -140,7 +145,7 @@ k8s-e2e-build:
 
 k8s-e2e: $(STAMP) $(KUSTOMIZE_BIN) image server-images
 	K8S_E2E_NEWEST=$$(deploy/k8s/e2e/build.sh newest) K8S_E2E_MINIMUM=$$(deploy/k8s/e2e/build.sh minimum) \
-	  K8S_E2E_IMAGES="$(IMAGE):$(IMAGE_TAG) $$(deploy/image/build.sh refs)" \
+	  K8S_E2E_IMAGES="$(IMAGE):$(IMAGE_TAG) $$(deploy/image/build.sh refs)" $(IMAGE_ENV) \
 	  KUSTOMIZE=$(KUSTOMIZE_BIN) \
 	  $(BIN)/python -m pytest tests/k8s
 

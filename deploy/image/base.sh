@@ -79,9 +79,12 @@ fi
 # python:3.11-slim lets pip install into the system Python; Debian marks it externally
 # managed (PEP 668), which would make the Dockerfile's `pip install` refuse.
 rm -f "$rootfs"/usr/lib/python3*/EXTERNALLY-MANAGED
-# What an image does not need: the package cache and lists, logs, docs.
+# What an image does not need: the package cache and lists, logs, docs; and ldconfig's
+# auxiliary cache, which records inodes and change times (the one file that differed
+# between two builds; ldconfig rebuilds it when it runs).
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/* \
-  "$rootfs"/var/log/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
+  "$rootfs"/var/log/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/* \
+  "$rootfs"/var/cache/ldconfig/aux-cache
 
 ctr=$(buildah from scratch)
 buildah copy --quiet "$ctr" "$rootfs" / >/dev/null
