@@ -103,9 +103,9 @@ k8s-check: $(STAMP) $(KUSTOMIZE_BIN) $(KUBE_SCORE_BIN)
 # by default the stand-in `make base-image` makes from Debian, its packages pinned by
 # deploy/image/base.lock (`make base-lock` rewrites it when Debian moved; its tag is the hash
 # of base.sh and the lock). Reproducible: the same lock files and sources give the same
-# image ID (fixed timestamps, deploy/image/epoch.sh; tests/k8s/test_image_reproducible.py).
+# image ID (fixed timestamps, deploy/image/epoch.sh; tests/k8s/test_images.py).
 # The application image is tagged with its commit (-dirty when its sources differ from it).
-LOCAL_BASE_IMAGE = $(shell deploy/image/base.sh --name)
+LOCAL_BASE_IMAGE := $(shell deploy/image/base.sh --name)
 BASE_IMAGE ?= $(LOCAL_BASE_IMAGE)
 IMAGE ?= localhost/sendsar-calls
 IMAGE_TAG ?= $(shell deploy/image/tag.sh)
