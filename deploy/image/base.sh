@@ -65,7 +65,7 @@ if [ "$mode" = --lock ]; then
   } >"$lock_file"
   echo "wrote $lock_file ($(wc -l <"$rootfs.lock") packages)"
   name=$(image_name)
-elif ! diff -u <(grep -v '^#' "$lock_file") "$rootfs.lock" >"$rootfs.log"; then
+elif ! diff -u --label "$lock_file" --label "debootstrap today" <(grep -v '^#' "$lock_file") "$rootfs.lock" >"$rootfs.log"; then
   cat "$rootfs.log" >&2
   cat >&2 <<MSG
 base.sh: Debian bookworm no longer has the packages $lock_file pins (above: - pinned,
