@@ -7,6 +7,9 @@
 # bundle, which `make image` mounts for the build only.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
+# Set by deploy/image/build.sh (with buildah --timestamp) for a reproducible image: pip then
+# writes .pyc files checked by source hash instead of mtime, useradd a fixed date.
+ARG SOURCE_DATE_EPOCH
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \

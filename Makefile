@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install lock proto k8s k8s-check proto-check lint test test-fast dev bench livekit demo browsers openapi clean ci \
-  sdk sdk-test sdk-pack base-image image image-smoke server-images k8s-e2e-build k8s-e2e
+  sdk sdk-test sdk-pack base-image base-lock image image-smoke server-images k8s-e2e-build k8s-e2e pin-images
 
 # Every package, transitive ones included, comes from the hash-pinned lock files:
 # requirements/dev.txt here and in CI, requirements/lock.txt (runtime only) in the image.
@@ -78,27 +78,34 @@ proto-check: k8s
 
 # Render every overlay and check it: schema (kubernetes-validate --strict), Envoy config
 # (envoy --mode validate), kube-score (deploy/k8s/check.sh lists what it ignores and why).
-# The two Go tools are built once into .cache/bin, pinned.
+# The two Go tools are built once, pinned, into the user's cache (outside the checkout, so
+# every clone and worktree shares them; the version is in the file name).
 KUSTOMIZE_VERSION := v5.8.2
 KUBE_SCORE_VERSION := v1.20.0
-K8S_TOOLS := .cache/bin/kustomize-$(KUSTOMIZE_VERSION) .cache/bin/kube-score-$(KUBE_SCORE_VERSION)
-.cache/bin/kustomize-$(KUSTOMIZE_VERSION):
-	mkdir -p .cache/bin && GOBIN=$(CURDIR)/.cache/gobin go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
-	mv .cache/gobin/kustomize $@
-.cache/bin/kube-score-$(KUBE_SCORE_VERSION):
-	mkdir -p .cache/bin && GOBIN=$(CURDIR)/.cache/gobin go install github.com/zegl/kube-score/cmd/kube-score@$(KUBE_SCORE_VERSION)
-	mv .cache/gobin/kube-score $@
+TOOLS_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/sendsar/tools
+KUSTOMIZE_BIN := $(TOOLS_CACHE)/kustomize-$(KUSTOMIZE_VERSION)
+KUBE_SCORE_BIN := $(TOOLS_CACHE)/kube-score-$(KUBE_SCORE_VERSION)
+# go install into a private directory, then one rename: a concurrent build of the same
+# tool (CI's background jobs) never sees a half-written binary.
+go_install_tool = mkdir -p $(TOOLS_CACHE) && gobin=$$(mktemp -d $(TOOLS_CACHE)/.build.XXXXXX) \
+  && GOBIN=$$gobin go install $(2) && mv $$gobin/$(1) $@ && rm -rf $$gobin
+$(KUSTOMIZE_BIN):
+	$(call go_install_tool,kustomize,sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION))
+$(KUBE_SCORE_BIN):
+	$(call go_install_tool,kube-score,github.com/zegl/kube-score/cmd/kube-score@$(KUBE_SCORE_VERSION))
 
-k8s-check: $(STAMP) $(K8S_TOOLS)
-	KUSTOMIZE=.cache/bin/kustomize-$(KUSTOMIZE_VERSION) KUBE_SCORE=.cache/bin/kube-score-$(KUBE_SCORE_VERSION) \
-	  deploy/k8s/check.sh
+k8s-check: $(STAMP) $(KUSTOMIZE_BIN) $(KUBE_SCORE_BIN)
+	KUSTOMIZE=$(KUSTOMIZE_BIN) KUBE_SCORE=$(KUBE_SCORE_BIN) deploy/k8s/check.sh
 
 # The images, built by buildah without a daemon (deploy/image). FROM is BASE_IMAGE:
 # python:3.11-slim where a registry is reachable
 # (make image BASE_IMAGE=docker.io/library/python:3.11-slim),
-# by default the stand-in `make base-image` makes from Debian (rebuilt when base.sh changes).
+# by default the stand-in `make base-image` makes from Debian, its packages pinned by
+# deploy/image/base.lock (`make base-lock` rewrites it when Debian moved; its tag is the hash
+# of base.sh and the lock). Reproducible: the same lock files and sources give the same
+# image ID (fixed timestamps, deploy/image/epoch.sh; tests/k8s/test_images.py).
 # The application image is tagged with its commit (-dirty when its sources differ from it).
-LOCAL_BASE_IMAGE = localhost/sendsar-python:3.11-bookworm-$(shell sha256sum deploy/image/base.sh | cut -c1-12)
+LOCAL_BASE_IMAGE := $(shell deploy/image/base.sh --name)
 BASE_IMAGE ?= $(LOCAL_BASE_IMAGE)
 IMAGE ?= localhost/sendsar-calls
 IMAGE_TAG ?= $(shell deploy/image/tag.sh)
@@ -106,7 +113,10 @@ IMAGE_ENV = BASE_IMAGE=$(BASE_IMAGE) IMAGE=$(IMAGE) IMAGE_TAG=$(IMAGE_TAG)
 NEEDS_BASE = $(if $(filter $(LOCAL_BASE_IMAGE),$(BASE_IMAGE)),base-image)
 
 base-image:
-	deploy/image/base.sh $(LOCAL_BASE_IMAGE)
+	deploy/image/base.sh
+
+base-lock:
+	deploy/image/base.sh --lock
 
 image: $(NEEDS_BASE)
 	$(IMAGE_ENV) deploy/image/build.sh app
@@ -119,6 +129,11 @@ image-smoke: image
 server-images: $(NEEDS_BASE)
 	$(IMAGE_ENV) deploy/image/build.sh servers
 
+# Pushes the application and Envoy images to REGISTRY (`buildah login` it first) and pins
+# the prod overlay to the digests the pushes report (deploy/k8s/pin-images.sh).
+pin-images: image server-images
+	$(IMAGE_ENV) deploy/k8s/pin-images.sh $(REGISTRY)
+
 # The manifests on real Kubernetes (tests/k8s): server-side validation on the oldest
 # supported and the newest release, kwok nodes in three zones, a real node (containerd,
 # kubelet) running the dev overlay. The binaries are built from source by
@@ -128,10 +143,10 @@ k8s-e2e-build:
 	deploy/k8s/e2e/build.sh newest >/dev/null
 	deploy/k8s/e2e/build.sh minimum >/dev/null
 
-k8s-e2e: $(STAMP) .cache/bin/kustomize-$(KUSTOMIZE_VERSION) image server-images
+k8s-e2e: $(STAMP) $(KUSTOMIZE_BIN) image server-images
 	K8S_E2E_NEWEST=$$(deploy/k8s/e2e/build.sh newest) K8S_E2E_MINIMUM=$$(deploy/k8s/e2e/build.sh minimum) \
-	  K8S_E2E_IMAGES="$(IMAGE):$(IMAGE_TAG) $$(deploy/image/build.sh refs)" \
-	  KUSTOMIZE=$(CURDIR)/.cache/bin/kustomize-$(KUSTOMIZE_VERSION) \
+	  K8S_E2E_IMAGES="$(IMAGE):$(IMAGE_TAG) $$(deploy/image/build.sh refs)" $(IMAGE_ENV) \
+	  KUSTOMIZE=$(KUSTOMIZE_BIN) \
 	  $(BIN)/python -m pytest tests/k8s
 
 # buf lints an image built by protoc, because the googleapis deps would

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # `make k8s-check`: renders every overlay and checks what it renders.
-#   1. kustomize build (the pinned kustomize in .cache/bin)
+#   1. kustomize build (the pinned kustomize make builds into ~/.cache/sendsar/tools)
 #   2. kubernetes-validate --strict: every object against the Kubernetes schemas (1.30, latest)
 #   3. envoy --mode validate: the Envoy config each overlay ships, with the files it
 #      reads (descriptor set, SDS file) taken from the rendered ConfigMaps
 #   4. kube-score, optional tests on, warnings fatal; the ignore lists below say why.
-#   5. deploy/monitoring parses.
+#   5. how each overlay's pods get their images: prod by digest (name@sha256:...) and
+#      imagePullPolicy Always, dev IfNotPresent (images loaded into the cluster)
+#   6. deploy/monitoring parses.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KUSTOMIZE=${KUSTOMIZE:?set by make k8s-check}
@@ -72,6 +74,28 @@ PY
     "$rendered" | { grep -v '^\[OK\]' || true; }
   # (the pipe hides kube-score's OK lines; its exit status still decides)
   test "${PIPESTATUS[0]}" -eq 0
+
+  # Every container and init container: prod by digest and pulled at each start, dev
+  # never pulled (kube-score checks neither the digest nor, for dev, the policy).
+  .venv/bin/python - "$rendered" "$name" <<'PY'
+import re
+import sys
+import yaml
+rendered, overlay = sys.argv[1], sys.argv[2]
+policy = {"prod": "Always", "dev": "IfNotPresent"}.get(overlay)
+bad = []
+for doc in yaml.safe_load_all(open(rendered)):
+    spec = (doc or {}).get("spec") or {}
+    pod = (spec.get("jobTemplate", {}).get("spec") or spec).get("template", {}).get("spec")
+    for c in (pod or {}).get("initContainers", []) + (pod or {}).get("containers", []):
+        where = f'{doc["kind"]}/{doc["metadata"]["name"]} container {c["name"]}'
+        if policy and c.get("imagePullPolicy") != policy:
+            bad.append(f"{where}: imagePullPolicy {c.get('imagePullPolicy')}, want {policy}")
+        if overlay == "prod" and not re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", c["image"]):
+            bad.append(f"{where}: {c['image']} is not pinned by digest (name@sha256:<64 hex>)")
+if bad:
+    sys.exit(f"{overlay}: image references:\n  " + "\n  ".join(bad))
+PY
 done
 # The monitoring files parse, and every alert has an expression and a severity.
 .venv/bin/python - <<'PY'
