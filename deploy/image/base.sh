@@ -74,7 +74,11 @@ old versions cannot be installed any more. Review the difference, then run
 \`make base-lock\` (rebuilds the base and rewrites $lock_file) and commit the new lock:
 the base image's tag and every image built on it change with it.
 MSG
-  exit 1
+  # CI (BASE_LOCK=warn, set by .ci/run) goes on with today's packages: Debian's archive
+  # moving must not fail every run until someone commits a new lock. A release build
+  # keeps the default and stops here.
+  [ "${BASE_LOCK:-strict}" = warn ] || exit 1
+  echo "base.sh: BASE_LOCK=warn: building on today's packages" >&2
 fi
 # python:3.11-slim lets pip install into the system Python; Debian marks it externally
 # managed (PEP 668), which would make the Dockerfile's `pip install` refuse.
