@@ -31,6 +31,7 @@ from services.events import types as events
 Status = Literal["ringing", "active", "ended"]
 Mode = Literal["direct", "group"]
 State = Literal["invited", "joined", "declined", "left", "missed", "removed", "waiting"]
+MuteKind = Literal["audio", "video"]
 
 LIVE: tuple[Status, ...] = ("ringing", "active")
 # Reasons a caller may give when ending a ringing 1:1 call.
@@ -64,10 +65,22 @@ class Participant:
     # While this user's devices ring: when the ring stops unless answered.
     ring_deadline: datetime | None = None
     name: str | None = None  # a guest's name, as they gave it
+    # A moderator's mutes: what the participant may not publish until they leave the call
+    # (tokens are minted without it, and a new media connection has it taken away again).
+    muted_audio: bool = False
+    muted_video: bool = False
 
     @property
     def guest(self) -> bool:
         return is_guest(self.user_id)
+
+    @property
+    def muted(self) -> tuple[MuteKind, ...]:
+        kinds: tuple[tuple[MuteKind, bool], ...] = (
+            ("audio", self.muted_audio),
+            ("video", self.muted_video),
+        )
+        return tuple(kind for kind, on in kinds if on)
 
     @property
     def ringing(self) -> bool:
@@ -184,6 +197,9 @@ class Change:
     refusal: ServiceError | None = None
     # Users to disconnect from the media room after commit.
     kicked: list[str] = field(default_factory=list)
+    # Users whose mutes the media room is to enforce (again) after commit: a muted
+    # participant's new media connection has its token's grants until then.
+    remuted: list[str] = field(default_factory=list)
     # The call's media room is to be deleted after commit (marked in the same write, so
     # a retry sweep finds it if this process cannot).
     delete_room: bool = False
@@ -251,11 +267,24 @@ def _set(
             old, state=state, joined_at=now, left_at=None, ever_joined=True, ring_deadline=None
         )
     elif state == "left" or (state == "removed" and old.state == "joined"):
-        new = replace(old, state=state, left_at=now, ring_deadline=None)
+        # Leaving ends the user's time in the call, and with it a moderator's mutes.
+        new = replace(
+            old,
+            state=state,
+            left_at=now,
+            ring_deadline=None,
+            muted_audio=False,
+            muted_video=False,
+        )
     else:
         new = replace(old, state=state, ring_deadline=ring_until)
-    rest = [p for p in call.participants if p.user_id != user_id]
-    return replace(call, participants=tuple(sorted([*rest, new], key=lambda p: p.user_id)))
+    return _with(call, new)
+
+
+def _with(call: Call, participant: Participant) -> Call:
+    """The call with `participant` in place of the one of that user id (or added)."""
+    rest = [p for p in call.participants if p.user_id != participant.user_id]
+    return replace(call, participants=tuple(sorted([*rest, participant], key=lambda p: p.user_id)))
 
 
 def outcome(call: Call) -> str:
@@ -594,7 +623,11 @@ def media_joined(call: Call, user_id: str) -> Change:
     participant = call.participant(user_id)
     if participant is None or participant.state != "joined":
         return Change(used, kicked=[user_id])
-    return Change(replace(used, media_deadline=None))
+    # A muted participant connected again (a second device, a token held from before the
+    # mute): the new connection has its token's grants until the mutes are applied again.
+    return Change(
+        replace(used, media_deadline=None), remuted=[user_id] if participant.muted else []
+    )
 
 
 def media_intruders(call: Call, present: Iterable[str]) -> list[str]:
@@ -723,13 +756,18 @@ def remove(call: Call, actor: Actor, user_id: str, now: datetime) -> Change:
     return Change(removed, gone, kicked=[user_id])
 
 
-def mute_target(call: Call, actor: Actor, user_id: str) -> Participant:
-    """Whom a mute may reach: a joined participant, by a moderator."""
+def mute(call: Call, actor: Actor, user_id: str, kind: MuteKind) -> Change:
+    """A moderator mutes a joined participant's tracks of a kind, until that participant
+    leaves the call: kept with the participant, so that a new media connection or a
+    refreshed token does not undo it (the service applies it in the media room after
+    commit). No event of ours: LiveKit tells every client the track is gone."""
     require_moderator(call, actor)
     participant = require_participant(call, user_id)
     if participant.state != "joined":
         raise conflict("NOT_IN_CALL", "that user is not in the call")
-    return participant
+    if kind == "audio":
+        return Change(_with(call, replace(participant, muted_audio=True)))
+    return Change(_with(call, replace(participant, muted_video=True)))
 
 
 def member_removed(call: Call, user_id: str, now: datetime) -> Change:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from functools import partial
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -19,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from services.calls import metrics, store
 from services.calls.domain import Call, Change
 from services.calls.media import Media
+from services.common.errors import ServiceError
 from services.common.logging import log_fields
 
 log = logging.getLogger(__name__)
@@ -26,9 +28,9 @@ log = logging.getLogger(__name__)
 # Ended calls whose room deletion failed (or whose process died before it) are retried
 # by `retry_room_deletions` once they ended this long ago.
 RETRY_SETTLE_SECONDS = 10.0
-# A kick is sent at once and again after each of these pauses until LiveKit confirms
-# (about 15 s in all; reconciliation takes over after that).
-KICK_RETRY_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+# A kick (or a mute applied again) is sent at once and again after each of these pauses
+# until LiveKit confirms (about 15 s in all; for a kick, reconciliation takes over then).
+ENFORCE_RETRY_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class CallEffects:
@@ -51,17 +53,31 @@ class CallEffects:
         call = change.call
         if change.delete_room:
             self._ended_rooms.put_nowait((call.id, call.livekit_room))
+        room = call.livekit_room
         for user_id in change.kicked:
-            self._spawn(self._kick(call.livekit_room, user_id))
+            self._spawn(
+                self._confirmed("kick", partial(self.media.remove_participant, room, user_id))
+            )
+        for user_id in change.remuted:
+            muted = participant.muted if (participant := call.participant(user_id)) else ()
+            self._spawn(self._confirmed("mute", partial(self._mute, room, user_id, muted)))
 
-    async def _kick(self, livekit_room: str, user_id: str) -> None:
-        """Takes a user out of a media room, retried until LiveKit confirms (a process
-        that dies first leaves it to reconciliation, which compares identities)."""
-        for delay in KICK_RETRY_DELAYS:
+    async def _mute(self, livekit_room: str, user_id: str, muted: Sequence[str]) -> bool:
+        try:
+            await self.media.mute(livekit_room, user_id, muted)
+        except ServiceError:  # LiveKit could not do it now (logged)
+            return False
+        return True
+
+    async def _confirmed(self, what: str, attempt: Callable[[], Awaitable[bool]]) -> None:
+        """The media room made to follow the call (a kick, a mute applied again), retried
+        until LiveKit confirms (a process that dies first leaves a kick to
+        reconciliation, which compares identities)."""
+        for delay in ENFORCE_RETRY_DELAYS:
             await asyncio.sleep(delay)
-            if await self.media.remove_participant(livekit_room, user_id):
+            if await attempt():
                 return
-        log.warning("media kick not confirmed", extra=log_fields(room=livekit_room))
+        log.warning("media enforcement not confirmed", extra=log_fields(what=what))
 
     def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(job)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -37,9 +37,14 @@ PUBLISH_SOURCES = {
 }
 # What a mute of a kind takes away from a participant's permission to publish.
 MUTED_SOURCES = {
-    "audio": {models.TrackSource.MICROPHONE, models.TrackSource.SCREEN_SHARE_AUDIO},
-    "video": {models.TrackSource.CAMERA, models.TrackSource.SCREEN_SHARE},
+    "audio": ("microphone", "screen_share_audio"),
+    "video": ("camera", "screen_share"),
 }
+
+
+def _taken(muted: Iterable[str]) -> set[str]:
+    return {source for kind in muted for source in MUTED_SOURCES[kind]}
+
 
 SignalKind = Literal["joined", "left", "room_finished"]
 
@@ -109,16 +114,21 @@ class Media:
         )
         self._api: api.LiveKitAPI | None = None
 
-    def token(self, *, livekit_room: str, user_id: str, call_type: str) -> str:
+    def token(
+        self, *, livekit_room: str, user_id: str, call_type: str, muted: Iterable[str] = ()
+    ) -> str:
         """Join grant for exactly one room; identity is the user id; 600 s TTL; an audio
-        call may publish the microphone only."""
+        call may publish the microphone only, and a muted kind nothing of its sources."""
+        taken = _taken(muted)
+        sources = [source for source in PUBLISH_SOURCES[call_type] if source not in taken]
         grants = api.VideoGrants(
             room_join=True,
             room=livekit_room,
-            can_publish=True,
+            # An empty list means every source to LiveKit: nothing left means no publishing.
+            can_publish=bool(sources),
             can_subscribe=True,
             can_publish_data=True,
-            can_publish_sources=PUBLISH_SOURCES[call_type],
+            can_publish_sources=sources,
         )
         return (
             api.AccessToken(self.settings.LIVEKIT_API_KEY, self.settings.LIVEKIT_API_SECRET)
@@ -160,12 +170,13 @@ class Media:
             return None
         return {room.name: room.num_participants for room in reply.rooms}
 
-    async def mute(self, livekit_room: str, user_id: str, kind: str) -> None:
-        """Takes away the user's permission to publish a kind of track: LiveKit removes
-        the tracks published and refuses new ones, so the client cannot undo it (a
-        MutePublishedTrack was a mute the client could lift). It lasts for the media
-        session; a later connection has its token's grants. Raises UNAVAILABLE when LiveKit
-        cannot be reached."""
+    async def mute(self, livekit_room: str, user_id: str, muted: Iterable[str]) -> None:
+        """Takes away the user's permission to publish the muted kinds of track: LiveKit
+        removes the tracks published and refuses new ones, so the client cannot undo it (a
+        MutePublishedTrack was a mute the client could lift). It holds for this media
+        connection; the call keeps the mutes for the next ones (domain.mute). Raises
+        UNAVAILABLE when LiveKit cannot be reached."""
+        taken = {models.TrackSource.Value(source.upper()) for source in _taken(muted)}
         client = self._client().room
         identity = api.RoomParticipantIdentity(room=livekit_room, identity=user_id)
         try:
@@ -174,11 +185,7 @@ class Media:
             )
             permission = models.ParticipantPermission()
             permission.CopyFrom(info.permission)
-            allowed = [
-                source
-                for source in remaining_sources(permission)
-                if source not in MUTED_SOURCES[kind]
-            ]
+            allowed = [source for source in remaining_sources(permission) if source not in taken]
             del permission.can_publish_sources[:]
             permission.can_publish_sources.extend(allowed)
             # An empty list means every source to LiveKit: nothing left means no publishing.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import empty_pb2
@@ -21,6 +21,7 @@ from services.calls.domain import (
     CallPolicy,
     CallRef,
     Change,
+    MuteKind,
     RoomRef,
 )
 from services.calls.effects import CallEffects
@@ -126,7 +127,10 @@ class CallService(pb_grpc.CallServiceServicer):
         return pb.LiveKitCredentials(
             url=self.settings.LIVEKIT_PUBLIC_URL,
             token=self.media.token(
-                livekit_room=call.livekit_room, user_id=user_id, call_type=call.type
+                livekit_room=call.livekit_room,
+                user_id=user_id,
+                call_type=call.type,
+                muted=participant.muted if (participant := call.participant(user_id)) else (),
             ),
         )
 
@@ -209,7 +213,7 @@ class CallService(pb_grpc.CallServiceServicer):
         self, request: pb.MuteParticipantRequest, context: Any
     ) -> pb.MuteParticipantResponse:
         ref, actor, target = _on_participant(request)
-        kind = validation.one_of(request.kind, "kind", ("audio", "video"))
+        kind = cast(MuteKind, validation.one_of(request.kind, "kind", ("audio", "video")))
         applied = await self.calls.mute(ref, actor, target, kind)
         return pb.MuteParticipantResponse(call=applied.message)
 

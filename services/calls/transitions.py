@@ -20,7 +20,7 @@ from sendsar.calls.v1 import calls_pb2 as pb
 
 from services.calls import domain, locks, store, writes
 from services.calls.convert import call_to_pb
-from services.calls.domain import Actor, Call, CallPolicy, CallRef, Change, RoomRef
+from services.calls.domain import Actor, Call, CallPolicy, CallRef, Change, MuteKind, RoomRef
 from services.calls.effects import CallEffects
 from services.calls.media import MediaSignal
 from services.common.auth import LINK_TOKEN_PREFIX, RingTokens, hash_secret
@@ -301,12 +301,17 @@ class CallTransitions:
             applied = await self._changed(conn, before, change, now)
         return self._finish(before, change, applied)
 
-    async def mute(self, ref: CallRef, actor: Actor, target: str, kind: str) -> Applied:
-        """Mutes a participant's tracks of a kind in LiveKit (no state of ours changes)."""
-        found = await self._read(ref, actor.user_id)
-        domain.mute_target(found, actor, target)
-        await self.effects.media.mute(found.livekit_room, target, kind)
-        return Applied(found, call_to_pb(found))
+    async def mute(self, ref: CallRef, actor: Actor, target: str, kind: MuteKind) -> Applied:
+        """Mutes a participant's tracks of a kind: kept with the participant (a new media
+        connection or a refreshed token stays muted), then taken away in LiveKit after
+        commit; UNAVAILABLE when LiveKit cannot do it now (the mute stands: a retry, or
+        the participant's next connection, applies it)."""
+        applied = await self.on_call(
+            ref, actor.user_id, lambda call, _, __: domain.mute(call, actor, target, kind)
+        )
+        muted = participant.muted if (participant := applied.call.participant(target)) else ()
+        await self.effects.media.mute(applied.call.livekit_room, target, muted)
+        return applied
 
     # --- guests and the lobby -----------------------------------------------------------
 

@@ -268,6 +268,13 @@ class CallParticipant(SQLModel, table=True):
     ring_deadline: datetime | None = _ts(nullable=True)
     # A guest's name, as they gave it (guests' user ids are "guest:<id>").
     name: str | None = None
+    # A moderator's mutes, kept until the participant leaves (domain.Participant.muted).
+    muted_audio: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
+    )
+    muted_video: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
+    )
     # The call's created_at (the call log's order), written with the participant.
     call_created_at: datetime | None = _ts(nullable=True)
     # Time joined while the call was answered before joined_at (earlier joins of a

@@ -6,13 +6,15 @@ RoomService reconciliation when LiveKit's webhooks are lost."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from livekit import rtc
+from livekit import api, rtc
 
 from tests.conftest import Tenant, create_tenant, error_reason
 from tests.integration.test_livekit_media import (
@@ -143,6 +145,45 @@ async def test_a_mute_takes_the_track_away_and_the_client_cannot_undo_it(
     with pytest.raises(Exception):  # noqa: B017  (the SDK's publish error has no public type)
         await asyncio.wait_for(publish_tone(ma), WAIT)
     assert remote_audio(mb, "alice") is None and ma.connected()
+
+
+async def test_a_mute_outlasts_a_new_media_connection_and_a_refreshed_token(
+    tenant: Tenant, media: Callable[[str], Media], lk: api.LiveKitAPI
+) -> None:
+    """The mute is kept with the participant, not with one media connection: alice
+    connecting again with the token she held from before it (LiveKit replaces her first
+    connection; she is still joined in the call) has the microphone taken away again, and
+    a token refreshed for her has no microphone in it."""
+    room = tenant.room("alice", "bob")
+    alice, bob = tenant.user("alice"), tenant.user("bob")
+    started = start(alice, room, type="audio")
+    call = started["call"]["id"]
+    joined = act(bob, room, call, "accept")
+    ma = await media("alice").connect(started["livekit"])
+    mb = await media("bob").connect(joined["livekit"])
+    await eventually(lambda: "bob" in ma.sees() and "alice" in mb.sees(), "both to see each other")
+    with tenant.api() as key:
+        reply = key.post(
+            f"/chat/rooms/{room}/calls/{call}/participants/alice/mute", json={"kind": "audio"}
+        )
+    assert reply.status_code == 200, reply.text
+    again = await media("alice-again").connect(started["livekit"])  # same identity: alice
+    await ma.wait_disconnected()
+
+    async def may_publish() -> bool | None:
+        identity = api.RoomParticipantIdentity(room=call, identity="alice")
+        info = await lk.room.get_participant(identity)
+        return None if info.permission.can_publish else True
+
+    await eventually(may_publish, "alice's new connection to lose the microphone")
+    with pytest.raises(Exception):  # noqa: B017  (the SDK's publish error has no public type)
+        await asyncio.wait_for(publish_tone(again), WAIT)
+    assert remote_audio(mb, "alice") is None and again.connected()
+    assert active(alice, room)["call"]["status"] == "active"  # still in the call
+    refreshed = act(alice, room, call, "token")["livekit"]["token"]
+    payload = refreshed.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert not claims["video"].get("canPublish") and not claims["video"].get("canPublishSources")
 
 
 async def test_an_audio_call_token_cannot_publish_a_camera(

@@ -10,6 +10,7 @@ import pytest
 
 from services.calls import domain
 from services.calls.domain import Actor, Call, Change
+from services.common.errors import ServiceError
 from services.common.models import new_id
 from tests.unit.test_call_rules import POLICY, direct, group, later
 
@@ -166,3 +167,53 @@ def test_a_reconciliation_pass_deletes_a_bounded_number_of_rooms() -> None:
     stale = sorted(new_id("call") for _ in range(5))
     assert domain.rooms_without_live_call(stale, set(), 2) == stale[:2]
     assert domain.rooms_without_live_call(stale[2:], set(), 2) == stale[2:4]  # next pass
+
+
+# --- a moderator's mutes --------------------------------------------------------------
+
+
+def muted_bob(kind: domain.MuteKind = "audio") -> Call:
+    return domain.mute(answered(), Actor(None), "bob", kind).call
+
+
+def test_a_mute_is_kept_with_the_participant_and_sends_no_event() -> None:
+    change = domain.mute(answered(), Actor(None), "bob", "audio")
+    assert change.events == [] and not change.kicked
+    bob = change.call.participant("bob")
+    assert bob is not None and bob.muted == ("audio",)
+    both = domain.mute(change.call, Actor(None), "bob", "video").call.participant("bob")
+    assert both is not None and both.muted == ("audio", "video")
+    alice = change.call.participant("alice")
+    assert alice is not None and alice.muted == ()
+
+
+def test_a_muted_participants_new_media_connection_is_muted_again() -> None:
+    change = domain.media_joined(muted_bob(), "bob")
+    assert change.remuted == ["bob"] and not change.kicked
+    assert domain.media_joined(answered(), "bob").remuted == []  # nothing to enforce
+
+
+def test_a_mute_ends_when_the_participant_leaves_the_call() -> None:
+    call = domain.new_call(
+        call_id="call_g",
+        tenant_id="t",
+        room_id="r",
+        members=["alice", "bob", "carol"],
+        user_id="alice",
+        call_type="video",
+        policy=POLICY,
+        now=later(0),
+    ).call
+    call = domain.accept(call, "bob", POLICY, later(1)).call
+    call = domain.mute(call, Actor(None), "bob", "video").call
+    call = domain.accept(call, "bob", POLICY, later(2)).call  # again: still muted
+    assert call.participant("bob").muted == ("video",)  # type: ignore[union-attr]
+    left = domain.leave(call, "bob", later(3)).call
+    back = domain.accept(left, "bob", POLICY, later(4)).call
+    assert back.participant("bob").muted == ()  # type: ignore[union-attr]
+
+
+def test_only_a_joined_participant_can_be_muted() -> None:
+    with pytest.raises(ServiceError) as refused:
+        domain.mute(group_with_bob_gone("left"), Actor(None), "bob", "audio")
+    assert refused.value.reason == "NOT_IN_CALL"
