@@ -269,18 +269,23 @@ state = "{base / "state"}"
         """Everything the node made, whatever state it is in. Nothing needs a graceful end
         (the pods' data goes with the directory), so it is all killed: the kubelet, every
         process in the pods' cgroups, the containers' shims (they outlive containerd; they
-        name its socket), containerd and DNS; then the mounts, the bridge, the cgroups."""
-        if "kubelet" in self.procs:
-            self.procs["kubelet"].kill()
-        deadline = time.monotonic() + 30
-        while (pids := self._pod_processes() | self._shims()) and time.monotonic() < deadline:
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
-        for proc in reversed(list(self.procs.values())):
-            proc.kill()
-        self.procs.clear()
+        name its socket), containerd and DNS; then the mounts, the bridge, the cgroups.
+        The node's own processes are killed even when finding the pods' fails: a CoreDNS
+        left behind (seen after a failed stop) kept answering on port 53 beside the next
+        run's, with this run's pod addresses, and sent its requests to the wrong pods."""
+        try:
+            if "kubelet" in self.procs:
+                self.procs["kubelet"].kill()
+            deadline = time.monotonic() + 30
+            while (pids := self._pod_processes() | self._shims()) and time.monotonic() < deadline:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.2)
+        finally:
+            for proc in reversed(list(self.procs.values())):
+                proc.kill()
+            self.procs.clear()
         self._unmount()
         # The images unpacked and the pods' files (a GiB a run); the logs stay.
         for state in ("containerd", "kubelet"):
@@ -292,9 +297,9 @@ state = "{base / "state"}"
     def _pod_processes(self) -> set[int]:
         pids: set[int] = set()
         for hierarchy in self._hierarchies():
-            for procs in (hierarchy / CGROUP_ROOT).rglob("cgroup.procs"):
+            for cgroup in _cgroups(hierarchy / CGROUP_ROOT):
                 with contextlib.suppress(OSError):
-                    pids.update(int(pid) for pid in procs.read_text().split())
+                    pids.update(int(pid) for pid in (cgroup / "cgroup.procs").read_text().split())
         return pids
 
     def _shims(self) -> set[int]:
@@ -340,12 +345,16 @@ def pause_image(binary: Path) -> str:
     return name
 
 
+def _cgroups(path: Path) -> list[Path]:
+    """A cgroup and the ones under it, parents first. The kubelet and the shims remove
+    pods' cgroups while this walks (os.walk passes over a directory gone meanwhile;
+    Path.rglob raised FileNotFoundError in CI)."""
+    return [Path(directory) for directory, _, _ in os.walk(path)]
+
+
 def _remove_cgroup(path: Path) -> None:
     """A cgroup and the ones under it, deepest first (rmdir fails on one with tasks)."""
-    if not path.is_dir():
-        return
-    children = [p for p in path.rglob("*") if p.is_dir()]
-    for cgroup in [*sorted(children, key=lambda p: len(p.parts), reverse=True), path]:
+    for cgroup in reversed(_cgroups(path)):
         with contextlib.suppress(OSError):
             cgroup.rmdir()
 
