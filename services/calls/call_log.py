@@ -31,12 +31,12 @@ from services.calls import store, usage
 from services.calls.convert import call_to_pb
 from services.calls.domain import Call
 from services.calls.log_filters import Filters, Window, page_size
-from services.calls.page_tokens import PageTokens, Position
 from services.common import validation
 from services.common.auth import Kind, Policy, current_principal
 from services.common.db import open_pool
 from services.common.errors import UNAVAILABLE, not_found
 from services.common.logging import call_id_var
+from services.common.page_tokens import PageTokens, Position
 from services.common.rate_limit import rate_limited
 from services.common.server import Registration
 from services.common.settings import Settings
@@ -152,7 +152,7 @@ ORDER BY x.hit DESC, x.created_at DESC, x.id DESC"""
         "start": filters.start,
         "end": filters.end,
         "after_at": after.created_at if after else None,
-        "after_id": after.call_id if after else None,
+        "after_id": after.id if after else None,
         "limit": size + 1,
         "budget": budget,
         "edge": budget - 1,
@@ -258,7 +258,7 @@ class CallLogService(pb_grpc.CallLogServiceServicer):
 async def registration(settings: Settings) -> tuple[Registration, Callable[[], Awaitable[None]]]:
     """The service for the calls process to serve, and what closes it."""
     pool = await open_pool(settings, POOL_SIZE)
-    servicer = CallLogService(pool, PageTokens(settings.SESSION_SIGNING_KEY))
+    servicer = CallLogService(pool, PageTokens(settings.SESSION_SIGNING_KEY, "call log"))
 
     def add(server: grpc.aio.Server) -> None:
         pb_grpc.add_CallLogServiceServicer_to_server(servicer, server)

@@ -1,8 +1,8 @@
-"""Opaque tokens for paging (the deliveries list) and reading on (the events feed).
+"""Opaque cursors for reading on (the events feed).
 
-A token is a kind and a few fields in URL-safe base64. Opaque to clients, not secret:
-every query it feeds is scoped to the caller's tenant, so another tenant's token reads
-nothing of theirs. A token that does not decode is a 400 naming the field.
+A cursor is a kind and a few fields in URL-safe base64. Opaque to clients, not secret:
+every query it feeds is scoped to the caller's tenant, so another tenant's cursor reads
+nothing of theirs. A cursor that does not decode is a 400 naming the field.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ anyone's live deliveries, its own included.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,9 +30,9 @@ from services.common.auth import current_principal
 from services.common.db import transaction
 from services.common.errors import conflict, invalid, not_found
 from services.common.models import new_id
+from services.common.page_tokens import PageTokens, Position
 from services.common.settings import Settings
 from services.events import types
-from services.tenant import cursors
 from services.tenant.convert import timestamp
 from services.webhooks.intake import delivery_body
 
@@ -111,20 +112,6 @@ def delivery_pb(row: Row[Any]) -> pb.WebhookDelivery:
     )
 
 
-def _page_token(row: Row[Any]) -> str:
-    return cursors.encode("d", row.created_at.isoformat(), row.id)
-
-
-def _page_after(token: str) -> tuple[datetime | None, str | None]:
-    if not token:
-        return None, None
-    at, row_id = cursors.decode(token, "d", 2, "pageToken")
-    try:
-        return datetime.fromisoformat(at), row_id
-    except ValueError:
-        raise invalid("pageToken", "is not a token returned by this API") from None
-
-
 def event_types(values: list[str], field: str) -> list[str]:
     """Known event types, duplicates dropped (order kept)."""
     for value in values:
@@ -140,6 +127,8 @@ class WebhookDeliveries:
 
     settings: Settings
     engine: AsyncEngine
+    # Signed for the tenant and the filters: a page never mixes two filter sets.
+    delivery_pages: PageTokens
 
     async def ListWebhookDeliveries(
         self, request: pb.ListWebhookDeliveriesRequest, context: Any
@@ -152,7 +141,12 @@ class WebhookDeliveries:
         size = DEFAULT_PAGE_SIZE
         if request.HasField("page_size"):
             size = validation.int_range(request.page_size, "pageSize", 1, MAX_PAGE_SIZE)
-        before_at, before_id = _page_after(request.page_token)
+        filters = json.dumps([request.status, request.event_id])
+        before = (
+            self.delivery_pages.read(tenant_id, filters, request.page_token)
+            if request.page_token
+            else None
+        )
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(
@@ -162,8 +156,8 @@ class WebhookDeliveries:
                         "kept": self.settings.RETENTION_SECONDS,
                         "status": request.status or None,
                         "event": request.event_id or None,
-                        "before_at": before_at,
-                        "before_id": before_id,
+                        "before_at": before.created_at if before else None,
+                        "before_id": before.id if before else None,
                         "limit": size + 1,
                     },
                 )
@@ -172,7 +166,10 @@ class WebhookDeliveries:
             deliveries=[delivery_pb(r) for r in rows[:size]]
         )
         if len(rows) > size:
-            response.next_page_token = _page_token(rows[size - 1])
+            last = rows[size - 1]
+            response.next_page_token = self.delivery_pages.issue(
+                tenant_id, filters, Position(last.created_at, last.id)
+            )
         return response
 
     async def RetryWebhookDelivery(

@@ -17,6 +17,7 @@ from services.common import validation
 from services.common.auth import API_KEY_PREFIX, Policy, current_principal, mint_session
 from services.common.db import transaction
 from services.common.errors import invalid, not_found
+from services.common.page_tokens import PageTokens
 from services.common.server import Registration, ServiceParts
 from services.common.settings import Settings
 from services.tenant import repo
@@ -95,6 +96,7 @@ class TenantService(WebhookDeliveries, EventsFeed, pb_grpc.TenantServiceServicer
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.engine = engine
+        self.delivery_pages = PageTokens(settings.SESSION_SIGNING_KEY, "webhook deliveries")
         # The events feed's long polls (services/tenant/feed.py).
         self.wakeups = Wakeups(settings)
         self.waiting: dict[str, int] = {}  # tenant -> requests waiting now

@@ -22,8 +22,8 @@ import pytest
 
 from services.calls import call_log
 from services.calls.log_filters import Filters
-from services.calls.page_tokens import Position
 from services.calls.usage import USAGE
+from services.common.page_tokens import Position
 from tests.conftest import Tenant, error_reason
 from tests.integration.test_calls_lifecycle import Users, act, ok, refused, start
 from tests.stack import Stack

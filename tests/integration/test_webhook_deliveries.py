@@ -194,6 +194,7 @@ async def test_a_replay_resends_the_window_in_order_with_the_original_ids(
     assert [h.event["id"] for h in replayed] == ids  # original order, original ids
     assert all(h.body == live[h.event["id"]] for h in replayed)  # the same bodies
     # Each event now has two delivery records; the list pages through them all.
+    one = ids[0]
     rows: list[dict[str, Any]] = []
     token = ""
     while True:
@@ -204,8 +205,14 @@ async def test_a_replay_resends_the_window_in_order_with_the_original_ids(
         if not token:
             break
     assert len(rows) == 2 * len(ids) and len({r["id"] for r in rows}) == len(rows)
+    # A page token continues only the listing it came from: other filters are a 400.
+    first = (await asyncio.to_thread(api_get, tenant, DELIVERIES, pageSize=4)).json()
+    for other in ({"status": "delivered"}, {"eventId": one}):
+        reply = await asyncio.to_thread(
+            api_get, tenant, DELIVERIES, pageSize=4, pageToken=first["nextPageToken"], **other
+        )
+        assert reply.status_code == 400 and error_reason(reply) == "INVALID_ARGUMENT", reply.text
     assert [r["createdAt"] for r in rows] == sorted((r["createdAt"] for r in rows), reverse=True)
-    one = ids[0]
     assert [r["eventId"] for r in listed(tenant, eventId=one)] == [one, one]
     # Types narrow a replay; an empty window replays nothing.
     reply = await asyncio.to_thread(

@@ -11,8 +11,8 @@ from sendsar.calls.v1 import call_log_pb2 as pb
 from services.calls import usage
 from services.calls.call_log import SCAN_BUDGET, Listing, listing
 from services.calls.log_filters import Filters, Window, page_size, rfc3339
-from services.calls.page_tokens import PageTokens, Position
 from services.common.errors import ServiceError
+from services.common.page_tokens import PageTokens, Position
 
 KEY = "unit-test-signing-key-0123456789abcdef-0123456789"
 AT = datetime(2026, 11, 3, 9, 30, 0, 123456, tzinfo=UTC)
@@ -29,25 +29,42 @@ def _field(error: pytest.ExceptionInfo[ServiceError]) -> str:
 
 
 def test_a_page_token_names_its_position_to_its_tenant_and_filters() -> None:
-    tokens = PageTokens(KEY)
+    tokens = PageTokens(KEY, "call log")
     token = tokens.issue("tn_a", "[1]", Position(AT, CALL))
     assert tokens.read("tn_a", "[1]", token) == Position(AT, CALL)
     assert "=" not in token and CALL not in token  # opaque, URL-safe
 
 
+def test_call_log_tokens_issued_before_the_listings_shared_the_code_still_read() -> None:
+    # Issued by the call log's own page tokens (before the webhook deliveries used them):
+    # a client paging through the log across that upgrade keeps its place.
+    issued = (
+        "MTc5MzY5ODIwMDEyMzQ1Ni5jYWxsX2FiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFiYWJhYmFi"
+        "Lu-dX2oHaeRXdUYqEl-2rM4"
+    )
+    assert PageTokens(KEY, "call log").read("tn_a", "[1]", issued) == Position(AT, CALL)
+
+
 @pytest.mark.parametrize(
-    ("tenant", "filters", "key"),
-    [("tn_b", "[1]", KEY), ("tn_a", "[2]", KEY), ("tn_a", "[1]", KEY.upper())],
+    ("tenant", "filters", "key", "listing"),
+    [
+        ("tn_b", "[1]", KEY, "call log"),
+        ("tn_a", "[2]", KEY, "call log"),
+        ("tn_a", "[1]", KEY.upper(), "call log"),
+        ("tn_a", "[1]", KEY, "webhook deliveries"),
+    ],
 )
-def test_a_page_token_is_refused_elsewhere(tenant: str, filters: str, key: str) -> None:
-    token = PageTokens(KEY).issue("tn_a", "[1]", Position(AT, CALL))
+def test_a_page_token_is_refused_elsewhere(
+    tenant: str, filters: str, key: str, listing: str
+) -> None:
+    token = PageTokens(KEY, "call log").issue("tn_a", "[1]", Position(AT, CALL))
     with pytest.raises(ServiceError) as caught:
-        PageTokens(key).read(tenant, filters, token)
+        PageTokens(key, listing).read(tenant, filters, token)
     assert _field(caught) == "pageToken"
 
 
 def test_an_edited_or_made_up_page_token_is_refused() -> None:
-    tokens = PageTokens(KEY)
+    tokens = PageTokens(KEY, "call log")
     token = tokens.issue("tn_a", "[1]", Position(AT, CALL))
     flipped = token[:10] + ("B" if token[10] != "B" else "C") + token[11:]
     for forged in (flipped, token + "A", token + "=", "", "!!!", "A" * 400, token[:-1]):

@@ -1,12 +1,13 @@
-"""The call log's page tokens: a keyset position, signed for one tenant and one filter set.
+"""Page tokens of the keyset listings (the call log, the webhook deliveries): a position,
+signed for one listing, one tenant and one filter set.
 
-A token names where the previous page stopped in the log's order, `(createdAt, id)`
+A token names where the previous page stopped in a listing's order, `(createdAt, id)`
 newest first. It is opaque to clients and signed with a key derived from the session
-signing key (like ring tokens, so there is no new secret to deploy and rotate), over the
-tenant, the filters and the position: a token cannot be edited, carried to another
-tenant, or reused with other filters (each is a 400 naming `pageToken`). Every query is
-scoped to the caller's tenant anyway; the signature keeps positions from being probed
-and a page from silently mixing two filter sets.
+signing key and the listing's name (like ring tokens, so there is no new secret to deploy
+and rotate), over the tenant, the filters and the position: a token cannot be edited,
+carried to another tenant or listing, or reused with other filters (each is a 400 naming
+`pageToken`). Every query is scoped to the caller's tenant anyway; the signature keeps
+positions from being probed and a page from silently mixing two filter sets.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @dataclass(frozen=True)
 class Position:
-    """A call's place in the log: the log is ordered by (created_at, id), newest first."""
+    """A row's place in a listing ordered by (created_at, id), newest first."""
 
     created_at: datetime
-    call_id: str
+    id: str
 
 
 def _micros(when: datetime) -> int:
@@ -42,10 +43,10 @@ def _refused() -> ServiceError:
 
 
 class PageTokens:
-    def __init__(self, session_signing_key: str) -> None:
-        self._key = hmac.new(
-            session_signing_key.encode(), b"sendsar call log page tokens v1", hashlib.sha256
-        ).digest()
+    def __init__(self, session_signing_key: str, listing: str) -> None:
+        # "call log" derives the key its tokens had before other listings shared this.
+        purpose = f"sendsar {listing} page tokens v1".encode()
+        self._key = hmac.new(session_signing_key.encode(), purpose, hashlib.sha256).digest()
 
     def _mac(self, tenant_id: str, filters: str, body: bytes) -> bytes:
         message = b"\0".join((tenant_id.encode(), filters.encode(), body))
@@ -53,8 +54,8 @@ class PageTokens:
 
     def issue(self, tenant_id: str, filters: str, position: Position) -> str:
         """The token of the page after `position`; `filters` is the listing's filter set,
-        rendered the same way every time (`call_log.Filters.canonical`)."""
-        body = f"{_micros(position.created_at)}.{position.call_id}".encode()
+        rendered the same way every time (e.g. `call_log.Filters.canonical`)."""
+        body = f"{_micros(position.created_at)}.{position.id}".encode()
         raw = body + b"." + self._mac(tenant_id, filters, body)
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -74,5 +75,5 @@ class PageTokens:
             mac, self._mac(tenant_id, filters, body)
         ):
             raise _refused()
-        micros, _, call_id = body.decode().partition(".")
-        return Position(_EPOCH + timedelta(microseconds=int(micros)), call_id)
+        micros, _, row_id = body.decode().partition(".")
+        return Position(_EPOCH + timedelta(microseconds=int(micros)), row_id)
