@@ -270,9 +270,10 @@ state = "{base / "state"}"
         (the pods' data goes with the directory), so it is all killed: the kubelet, every
         process in the pods' cgroups, the containers' shims (they outlive containerd; they
         name its socket), containerd and DNS; then the mounts, the bridge, the cgroups.
-        The node's own processes are killed even when finding the pods' fails: a CoreDNS
-        left behind (seen after a failed stop) kept answering on port 53 beside the next
-        run's, with this run's pod addresses, and sent its requests to the wrong pods."""
+        The rest is done even when finding the pods' processes fails: after one failed
+        stop, a CoreDNS left behind kept answering on port 53 beside the next run's, with
+        this run's pod addresses, and sent its requests to the wrong pods (and the mounts
+        left behind kept the checkout from being removed)."""
         try:
             if "kubelet" in self.procs:
                 self.procs["kubelet"].kill()
@@ -283,9 +284,13 @@ state = "{base / "state"}"
                         os.kill(pid, signal.SIGKILL)
                 time.sleep(0.2)
         finally:
-            for proc in reversed(list(self.procs.values())):
-                proc.kill()
-            self.procs.clear()
+            self._release()
+
+    def _release(self) -> None:
+        """The node's own processes, mounts, files, bridge and cgroups."""
+        for proc in reversed(list(self.procs.values())):
+            proc.kill()
+        self.procs.clear()
         self._unmount()
         # The images unpacked and the pods' files (a GiB a run); the logs stay.
         for state in ("containerd", "kubelet"):
