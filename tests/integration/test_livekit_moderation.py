@@ -128,6 +128,15 @@ async def test_a_participant_who_left_cannot_come_back_past_the_cap(
     assert not await connected_for(back, 1)
 
 
+def mute(tenant: Tenant, room: str, call: str, user: str) -> None:
+    """The tenant mutes a participant's audio."""
+    with tenant.api() as key:
+        reply = key.post(
+            f"/chat/rooms/{room}/calls/{call}/participants/{user}/mute", json={"kind": "audio"}
+        )
+    assert reply.status_code == 200, reply.text
+
+
 async def test_a_mute_takes_the_track_away_and_the_client_cannot_undo_it(
     tenant: Tenant, media: Callable[[str], Media]
 ) -> None:
@@ -136,11 +145,7 @@ async def test_a_mute_takes_the_track_away_and_the_client_cannot_undo_it(
     room, call, *_, ma, mb = await direct_call(tenant, media)
     await publish_tone(ma)
     await eventually(lambda: remote_audio(mb, "alice"), "bob to see alice's microphone")
-    with tenant.api() as key:
-        reply = key.post(
-            f"/chat/rooms/{room}/calls/{call}/participants/alice/mute", json={"kind": "audio"}
-        )
-    assert reply.status_code == 200, reply.text
+    mute(tenant, room, call, "alice")
     await eventually(lambda: remote_audio(mb, "alice") is None, "alice's microphone to be gone")
     with pytest.raises(Exception):  # noqa: B017  (the SDK's publish error has no public type)
         await asyncio.wait_for(publish_tone(ma), WAIT)
@@ -154,20 +159,10 @@ async def test_a_mute_outlasts_a_new_media_connection_and_a_refreshed_token(
     connecting again with the token she held from before it (LiveKit replaces her first
     connection; she is still joined in the call) has the microphone taken away again, and
     a token refreshed for her has no microphone in it."""
-    room = tenant.room("alice", "bob")
-    alice, bob = tenant.user("alice"), tenant.user("bob")
-    started = start(alice, room, type="audio")
-    call = started["call"]["id"]
-    joined = act(bob, room, call, "accept")
-    ma = await media("alice").connect(started["livekit"])
-    mb = await media("bob").connect(joined["livekit"])
-    await eventually(lambda: "bob" in ma.sees() and "alice" in mb.sees(), "both to see each other")
-    with tenant.api() as key:
-        reply = key.post(
-            f"/chat/rooms/{room}/calls/{call}/participants/alice/mute", json={"kind": "audio"}
-        )
-    assert reply.status_code == 200, reply.text
-    again = await media("alice-again").connect(started["livekit"])  # same identity: alice
+    room, call, alice, _, ma, mb = await direct_call(tenant, media)
+    held = act(alice, room, call, "token")["livekit"]  # minted before the mute
+    mute(tenant, room, call, "alice")
+    again = await media("alice-again").connect(held)  # same identity: alice
     await ma.wait_disconnected()
 
     async def may_publish() -> bool | None:

@@ -97,18 +97,23 @@ def test_a_join_of_a_stranger_marks_the_room_and_takes_the_stranger_out() -> Non
     assert change.kicked == ["mallory"] and change.events == []
 
 
-def group_with_bob_gone(how: str) -> Call:
+def group_with_bob(call_type: str = "audio") -> Call:
+    """Alice's group call with carol, answered by bob."""
     call = domain.new_call(
         call_id="call_g",
         tenant_id="t",
         room_id="r",
         members=["alice", "bob", "carol"],
         user_id="alice",
-        call_type="audio",
+        call_type=call_type,
         policy=POLICY,
         now=later(0),
     ).call
-    call = domain.accept(call, "bob", POLICY, later(1)).call
+    return domain.accept(call, "bob", POLICY, later(1)).call
+
+
+def group_with_bob_gone(how: str) -> Call:
+    call = group_with_bob()
     if how == "removed":
         return domain.remove(call, Actor(None), "bob", later(2)).call
     return domain.leave(call, "bob", later(2)).call
@@ -194,18 +199,7 @@ def test_a_muted_participants_new_media_connection_is_muted_again() -> None:
 
 
 def test_a_mute_ends_when_the_participant_leaves_the_call() -> None:
-    call = domain.new_call(
-        call_id="call_g",
-        tenant_id="t",
-        room_id="r",
-        members=["alice", "bob", "carol"],
-        user_id="alice",
-        call_type="video",
-        policy=POLICY,
-        now=later(0),
-    ).call
-    call = domain.accept(call, "bob", POLICY, later(1)).call
-    call = domain.mute(call, Actor(None), "bob", "video").call
+    call = domain.mute(group_with_bob("video"), Actor(None), "bob", "video").call
     call = domain.accept(call, "bob", POLICY, later(2)).call  # again: still muted
     assert call.participant("bob").muted == ("video",)  # type: ignore[union-attr]
     left = domain.leave(call, "bob", later(3)).call
