@@ -68,6 +68,14 @@ def _ts(nullable: bool = False, default_now: bool = False) -> Any:
     )
 
 
+def _flag() -> Any:
+    """A boolean column that is false unless set, for rows written before it existed too
+    (the server default fills them when the column is added)."""
+    return Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
+    )
+
+
 class Tenant(SQLModel, table=True):
     __tablename__ = "tenants"
     __table_args__ = (
@@ -87,9 +95,7 @@ class Tenant(SQLModel, table=True):
         default="ring", sa_column=Column(String, nullable=False, server_default="ring")
     )
     # Guests (people outside the tenant's app) may join calls through links.
-    guests_enabled: bool = Field(
-        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
-    )
+    guests_enabled: bool = _flag()
     # "host": guests wait in the lobby until admitted; "off": they join at once.
     lobby: str = Field(
         default="host", sa_column=Column(String, nullable=False, server_default="host")
@@ -215,9 +221,7 @@ class Call(SQLModel, table=True):
     livekit_room: str = Field(sa_column=Column(String, nullable=False, unique=True))
     livekit_cleanup_pending: bool = False
     # LiveKit told us of the call's media room: only then is it deleted at the end.
-    media_used: bool = Field(
-        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
-    )
+    media_used: bool = _flag()
     # Bumped by every transition (which holds the row lock): a reader that waited for the
     # lock knows from it whether its snapshot of the participants is still current.
     version: int = Field(
@@ -269,12 +273,8 @@ class CallParticipant(SQLModel, table=True):
     # A guest's name, as they gave it (guests' user ids are "guest:<id>").
     name: str | None = None
     # A moderator's mutes, kept until the participant leaves (domain.Participant.muted).
-    muted_audio: bool = Field(
-        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
-    )
-    muted_video: bool = Field(
-        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
-    )
+    muted_audio: bool = _flag()
+    muted_video: bool = _flag()
     # The call's created_at (the call log's order), written with the participant.
     call_created_at: datetime | None = _ts(nullable=True)
     # Time joined while the call was answered before joined_at (earlier joins of a
