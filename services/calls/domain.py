@@ -117,6 +117,11 @@ class Call:
     def participant(self, user_id: str) -> Participant | None:
         return next((p for p in self.participants if p.user_id == user_id), None)
 
+    def muted(self, user_id: str) -> tuple[MuteKind, ...]:
+        """What a moderator muted of this user's (nothing for a user not in the call)."""
+        participant = self.participant(user_id)
+        return participant.muted if participant else ()
+
     def audience(self) -> tuple[str, ...]:
         """Who receives the call's events: every participant but those removed from it."""
         return tuple(p.user_id for p in self.participants if p.state != "removed")

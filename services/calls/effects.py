@@ -59,8 +59,8 @@ class CallEffects:
                 self._confirmed("kick", partial(self.media.remove_participant, room, user_id))
             )
         for user_id in change.remuted:
-            muted = participant.muted if (participant := call.participant(user_id)) else ()
-            self._spawn(self._confirmed("mute", partial(self._mute, room, user_id, muted)))
+            muted = partial(self._mute, room, user_id, call.muted(user_id))
+            self._spawn(self._confirmed("mute", muted))
 
     async def _mute(self, livekit_room: str, user_id: str, muted: Sequence[str]) -> bool:
         try:

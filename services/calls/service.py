@@ -130,7 +130,7 @@ class CallService(pb_grpc.CallServiceServicer):
                 livekit_room=call.livekit_room,
                 user_id=user_id,
                 call_type=call.type,
-                muted=participant.muted if (participant := call.participant(user_id)) else (),
+                muted=call.muted(user_id),
             ),
         )
 

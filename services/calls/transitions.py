@@ -309,8 +309,7 @@ class CallTransitions:
         applied = await self.on_call(
             ref, actor.user_id, lambda call, _, __: domain.mute(call, actor, target, kind)
         )
-        muted = participant.muted if (participant := applied.call.participant(target)) else ()
-        await self.effects.media.mute(applied.call.livekit_room, target, muted)
+        await self.effects.media.mute(applied.call.livekit_room, target, applied.call.muted(target))
         return applied
 
     # --- guests and the lobby -----------------------------------------------------------
